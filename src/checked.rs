@@ -1,0 +1,73 @@
+//! Checked reads and writes: each page is made ready by the same resolver the
+//! fault handler uses, in the calling thread, so a full store comes back as an
+//! error with the count of bytes that landed instead of as SIGBUS.
+//!
+//! Why the copy itself cannot fail: the layout lock is held shared throughout,
+//! so EOF and the page's allocated blocks cannot change between the resolve
+//! and the copy. A flush may protect the page in between; the copy then faults
+//! and the handler unprotects it without allocating, which cannot fail.
+
+use std::ops::Range;
+
+use crate::engine::{Access, Engine, Failure, Resolved};
+use crate::error::{Error, PartialError, out_of_range};
+
+impl Engine {
+    /// Copies `data` into the mapping at `offset`.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), PartialError> {
+        self.each_page(offset, data.len(), Access::Write, |at, range| {
+            self.region.copy_in(at as usize, &data[range]);
+        })
+    }
+
+    /// Copies the mapping's bytes at `offset` into `buf`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), PartialError> {
+        let len = buf.len();
+        self.each_page(offset, len, Access::Read, |at, range| {
+            self.region.copy_out(at as usize, &mut buf[range]);
+        })
+    }
+
+    /// Resolves each page of `[offset, offset + len)` for `access`, then calls
+    /// `copy(file_offset, range_in_buffer)` for its part, outside the flags lock.
+    fn each_page(
+        &self,
+        offset: u64,
+        len: usize,
+        access: Access,
+        mut copy: impl FnMut(u64, Range<usize>),
+    ) -> Result<(), PartialError> {
+        let partial = |done: usize, error: Error| PartialError { done, error };
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|&e| e <= self.geo.capacity)
+            .ok_or_else(|| partial(0, out_of_range("beyond the mapping's capacity", offset, len as u64, self.geo.capacity)))?;
+        if let Some(why) = self.handler_failure() {
+            return Err(partial(0, Error::HandlerFailed(why)));
+        }
+        let _layout = self.layout_shared();
+        let mut done = 0usize;
+        for page in self.geo.pages_overlapping(&(offset..end)) {
+            let resolved = {
+                let mut flags = self.lock_flags();
+                let eof = flags.eof();
+                self.resolve(&mut flags, page, access).map_err(|f| match f {
+                    Failure::PastEof => out_of_range("past the end of the file", offset, len as u64, eof),
+                    Failure::Full(e) => e,
+                    Failure::Io(e) => Error::Io(e),
+                })
+            };
+            match resolved {
+                Ok(Resolved::AlreadyReady) => {}
+                Ok(_) => self.counters.prepared(),
+                Err(e) => return Err(partial(done, e)),
+            }
+            let bytes = self.geo.page_bytes(page);
+            let at = bytes.start.max(offset);
+            let n = (bytes.end.min(end) - at) as usize;
+            copy(at, done..done + n);
+            done += n;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,289 @@
+//! The state one mapping shares between its API and its fault handler, and the
+//! page primitives both use. Every primitive takes `&mut Flags` — the guard of
+//! the flags lock — so it can only run with the lock held.
+//!
+//! Lock order: `layout` (read or write) before `flags`. The fault handler only
+//! ever takes `flags`, and nobody touches a missing or write-protected page of
+//! the mapping while holding `flags` (DESIGN rule 7).
+
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::error::Error;
+use crate::flags::{Flags, Residency};
+use crate::geometry::Geometry;
+use crate::options::OnFull;
+use crate::stats::Counters;
+use crate::store::Store;
+use crate::sys::{Doorbell, Region, Uffd};
+
+/// Fields drop in declaration order, which is the teardown order after the
+/// handler has stopped and the range is unregistered: unmap the region, close
+/// the userfaultfd, close the store.
+pub(crate) struct Engine {
+    pub region: Region,
+    pub uffd: Uffd,
+    pub store: Box<dyn Store>,
+    pub geo: Geometry,
+    /// Per-page and per-block flags and EOF.
+    pub flags: Mutex<Flags>,
+    /// Held shared by operations that must see a stable layout (checked copies,
+    /// flushes), exclusively by those that change it (size changes, holes, eviction).
+    pub layout: RwLock<()>,
+    /// Serializes flushes.
+    pub flush_lock: Mutex<()>,
+    pub counters: Counters,
+    pub on_full: OnFull,
+    /// Rung to stop the handler or to retry faults parked for space.
+    pub doorbell: Doorbell,
+    pub stopping: AtomicBool,
+    /// Sticky: set when the handler thread dies; every later call reports it.
+    pub handler_failure: Mutex<Option<String>>,
+    /// The error behind the latest SIGBUS, for a signal handler to inspect.
+    pub last_fault_error: Mutex<Option<String>>,
+}
+
+/// What a fault or a checked access needs from a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    Read,
+    Write,
+}
+
+/// What [`Engine::resolve`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    /// The page already allowed the access; a waiting thread only needs waking.
+    AlreadyReady,
+    /// Filled from the store, write-protected.
+    FilledForRead,
+    /// Blocks allocated, filled from the store, writable and dirty.
+    FilledForWrite,
+    /// Blocks allocated, write protection lifted, dirty.
+    Unprotected,
+}
+
+/// Why a page could not be made ready.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// No byte of the page lies below EOF.
+    PastEof,
+    /// Allocation failed: no space or quota (the mapping's policy decides).
+    Full(Error),
+    /// The store or the kernel failed otherwise.
+    Io(io::Error),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Io(e)
+    }
+}
+
+fn relock<G>(r: Result<G, std::sync::PoisonError<G>>) -> G {
+    // A panic under these locks can only come from a bug that already broke
+    // an assertion; the flags stay structurally valid, so keep serving.
+    r.unwrap_or_else(|e| e.into_inner())
+}
+
+impl Engine {
+    pub fn lock_flags(&self) -> MutexGuard<'_, Flags> {
+        relock(self.flags.lock())
+    }
+
+    pub fn layout_shared(&self) -> RwLockReadGuard<'_, ()> {
+        relock(self.layout.read())
+    }
+
+    pub fn layout_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        relock(self.layout.write())
+    }
+
+    pub fn flush_serial(&self) -> MutexGuard<'_, ()> {
+        relock(self.flush_lock.lock())
+    }
+
+    fn addr(&self, page: u64) -> u64 {
+        self.region.base() + page * self.geo.page
+    }
+
+    fn page_offset(&self, page: u64) -> usize {
+        (page * self.geo.page) as usize
+    }
+
+    /// DESIGN rule 2: makes `page` ready for `access`, allocating its blocks
+    /// before it may be written (rule 1). The one place faults are decided.
+    pub fn resolve(&self, flags: &mut Flags, page: u64, access: Access) -> Result<Resolved, Failure> {
+        if flags.past_eof(page) {
+            return Err(Failure::PastEof);
+        }
+        match (flags.residency(page), access) {
+            (Residency::Absent, Access::Read) => {
+                self.fill(flags, page, false)?;
+                flags.filled_for_read(page);
+                Ok(Resolved::FilledForRead)
+            }
+            (Residency::Absent, Access::Write) => {
+                self.allocate_under(flags, page)?;
+                self.fill(flags, page, true)?;
+                flags.granted_write(page);
+                Ok(Resolved::FilledForWrite)
+            }
+            (Residency::Protected, Access::Write) => {
+                self.allocate_under(flags, page)?;
+                self.uffd.write_protect(self.addr(page), self.geo.page, false)?;
+                flags.granted_write(page);
+                Ok(Resolved::Unprotected)
+            }
+            (Residency::Protected, Access::Read) | (Residency::Writable, _) => Ok(Resolved::AlreadyReady),
+        }
+    }
+
+    /// Allocates the blocks a write to `page` needs; nothing is marked on failure.
+    fn allocate_under(&self, flags: &mut Flags, page: u64) -> Result<(), Failure> {
+        let Some(blocks) = flags.missing_blocks(page) else {
+            return Ok(());
+        };
+        self.allocate(flags, blocks)
+    }
+
+    pub fn allocate(&self, flags: &mut Flags, blocks: Range<u64>) -> Result<(), Failure> {
+        match self.store.allocate(blocks.clone()) {
+            Ok(()) => {
+                self.counters.add_blocks(blocks.end - blocks.start);
+                flags.mark_allocated(blocks);
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.allocation_failed();
+                match Error::from_allocation(e) {
+                    Error::Io(e) => Err(Failure::Io(e)),
+                    full => Err(Failure::Full(full)),
+                }
+            }
+        }
+    }
+
+    /// Reads `page` from the store; bytes past EOF read as zeros (DESIGN rule 5).
+    fn read_page(&self, flags: &Flags, page: u64, buf: &mut [u8]) -> io::Result<()> {
+        let start = page * self.geo.page;
+        let visible = flags.eof().saturating_sub(start).min(self.geo.page) as usize;
+        self.store.read_at(start, &mut buf[..visible])?;
+        buf[visible..].fill(0);
+        Ok(())
+    }
+
+    fn fill(&self, flags: &Flags, page: u64, writable: bool) -> io::Result<()> {
+        let mut buf = vec![0u8; self.geo.page as usize];
+        self.read_page(flags, page, &mut buf)?;
+        self.install(page, &buf, writable)
+    }
+
+    /// Places `data` in the absent `page` and wakes its waiters.
+    fn install(&self, page: u64, data: &[u8], writable: bool) -> io::Result<()> {
+        match self.uffd.copy(self.addr(page), data, !writable) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                // Flags said absent but the kernel has a page: a bookkeeping
+                // bug. Wake the waiters so nobody hangs, and report it.
+                let _ = self.uffd.wake(self.addr(page), self.geo.page);
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Write-protects the writable pages among `pages` with one call per run.
+    pub fn protect(&self, flags: &mut Flags, pages: &[u64]) -> io::Result<()> {
+        let writable: Vec<u64> = pages
+            .iter()
+            .copied()
+            .filter(|&p| flags.residency(p) == Residency::Writable)
+            .collect();
+        for run in crate::store::runs(writable) {
+            let len = (run.end - run.start) * self.geo.page;
+            self.uffd.write_protect(self.addr(run.start), len, true)?;
+            for p in run {
+                flags.protected(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops resident `pages` from memory; their next touch faults as missing.
+    pub fn discard(&self, flags: &mut Flags, pages: &[u64]) -> io::Result<()> {
+        for run in crate::store::runs(pages.iter().copied()) {
+            let len = ((run.end - run.start) * self.geo.page) as usize;
+            self.region.discard(self.page_offset(run.start), len)?;
+            for p in run {
+                flags.dropped(p);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn wake(&self, page: u64) -> io::Result<()> {
+        self.uffd.wake(self.addr(page), self.geo.page)
+    }
+
+    /// Copies a resident page's bytes (never faults: reads of resident pages run free).
+    pub fn copy_out(&self, page: u64, range: Range<u64>, out: &mut [u8]) {
+        debug_assert!(range.end <= self.geo.page);
+        self.region.copy_out(self.page_offset(page) + range.start as usize, out);
+    }
+
+    /// Edits a page's bytes so that no thread sees or writes it half-way:
+    /// protect it, copy it out (or read it from the store if absent), edit the
+    /// copy, drop the page and install the copy. Threads touching it meanwhile
+    /// fault and wait for the flags lock. `dirty` says whether the edit must
+    /// reach the store; a page keeps its writability only if rule 1 still holds.
+    pub fn rewrite(
+        &self,
+        flags: &mut Flags,
+        page: u64,
+        dirty: bool,
+        edit: impl FnOnce(&mut [u8]),
+    ) -> io::Result<()> {
+        let was = flags.residency(page);
+        let mut buf = vec![0u8; self.geo.page as usize];
+        if was == Residency::Absent {
+            self.read_page(flags, page, &mut buf)?;
+        } else {
+            self.protect(flags, &[page])?;
+            self.copy_out(page, 0..self.geo.page, &mut buf);
+        }
+        edit(&mut buf);
+        let dirty = dirty || flags.is_dirty(page);
+        if was != Residency::Absent {
+            self.discard(flags, &[page])?;
+        }
+        let writable = was == Residency::Writable && dirty && flags.missing_blocks(page).is_none();
+        self.install(page, &buf, writable)?;
+        if writable {
+            flags.granted_write(page);
+        } else {
+            flags.filled_for_read(page);
+            if dirty {
+                flags.redirty(page);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn handler_failure(&self) -> Option<String> {
+        relock(self.handler_failure.lock()).clone()
+    }
+
+    pub fn set_handler_failure(&self, why: String) {
+        *relock(self.handler_failure.lock()) = Some(why);
+    }
+
+    pub fn record_fault_error(&self, why: String) {
+        *relock(self.last_fault_error.lock()) = Some(why);
+    }
+
+    pub fn last_fault_error(&self) -> Option<String> {
+        relock(self.last_fault_error.lock()).clone()
+    }
+}

@@ -1,0 +1,155 @@
+//! The crate's one error type.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in mkwrite.
+///
+/// No-space and quota are their own variants so a database can tell "the disk
+/// is full" from "the disk is broken"; their [`io::ErrorKind`] is
+/// [`StorageFull`](io::ErrorKind::StorageFull) and
+/// [`QuotaExceeded`](io::ErrorKind::QuotaExceeded).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store has no free block for a write (`ENOSPC`).
+    #[error("no space left in the store: {0}")]
+    NoSpace(#[source] io::Error),
+
+    /// The store's quota would be exceeded (`EDQUOT`).
+    #[error("store quota exceeded: {0}")]
+    Quota(#[source] io::Error),
+
+    /// An offset or length outside what the mapping covers.
+    #[error("{what}: range {offset}..{end} is outside 0..{limit}")]
+    OutOfRange {
+        /// Which limit was crossed (the file's end, the capacity, ...).
+        what: &'static str,
+        /// Start of the requested range.
+        offset: u64,
+        /// End of the requested range (saturated on overflow).
+        end: u64,
+        /// The limit it crossed.
+        limit: u64,
+    },
+
+    /// A block size that is not a power of two from 512 B to 1 MiB.
+    #[error("invalid block size {0}: must be a power of two from 512 B to 1 MiB")]
+    InvalidBlockSize(u64),
+
+    /// A capacity smaller than the file it must hold.
+    #[error("capacity {capacity} is below the file's length {len}: pass a larger capacity")]
+    CapacityBelowLength {
+        /// The capacity asked for.
+        capacity: u64,
+        /// The file's length.
+        len: u64,
+    },
+
+    /// The file cannot be written (opened read-only, read-only filesystem, no permission).
+    #[error("{path:?} is read-only; open it read-write: {source}")]
+    ReadOnly {
+        /// The file, where known.
+        path: Option<PathBuf>,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The process may not create a userfaultfd.
+    #[error("cannot create a userfaultfd: {advice} ({source})")]
+    Userfaultfd {
+        /// Why, and what to do about it.
+        advice: &'static str,
+        /// The error of the first attempt.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The kernel lacks a userfaultfd feature mkwrite needs.
+    #[error("the kernel lacks {0}: mkwrite needs Linux 5.7 or later for write-protect on anonymous memory")]
+    MissingFeature(&'static str),
+
+    /// The fault handler thread stopped; the mapping can no longer resolve faults.
+    #[error("the fault handler failed: {0}")]
+    HandlerFailed(String),
+
+    /// Any other I/O error, kept as the kernel or the store returned it.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Classifies a store's allocation error: `ENOSPC` and `EDQUOT` get their own variants.
+    pub fn from_allocation(err: io::Error) -> Error {
+        match err.raw_os_error() {
+            Some(libc::ENOSPC) => Error::NoSpace(err),
+            Some(libc::EDQUOT) => Error::Quota(err),
+            _ => match err.kind() {
+                io::ErrorKind::StorageFull => Error::NoSpace(err),
+                io::ErrorKind::QuotaExceeded => Error::Quota(err),
+                _ => Error::Io(err),
+            },
+        }
+    }
+
+    /// The [`io::ErrorKind`] this error corresponds to.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            Error::NoSpace(_) => io::ErrorKind::StorageFull,
+            Error::Quota(_) => io::ErrorKind::QuotaExceeded,
+            Error::OutOfRange { .. } | Error::InvalidBlockSize(_) | Error::CapacityBelowLength { .. } => {
+                io::ErrorKind::InvalidInput
+            }
+            Error::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
+            Error::Userfaultfd { source, .. } => source.kind(),
+            Error::MissingFeature(_) => io::ErrorKind::Unsupported,
+            Error::HandlerFailed(_) => io::ErrorKind::Other,
+            Error::Io(e) => e.kind(),
+        }
+    }
+
+    /// True for the errors that more space (or a raised quota) would cure.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Error::NoSpace(_) | Error::Quota(_))
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(err: Error) -> io::Error {
+        match err {
+            Error::Io(e) => e,
+            other => io::Error::new(other.kind(), other),
+        }
+    }
+}
+
+/// A write, read or reservation that stopped part-way: how many bytes landed
+/// before `error`, counted from the start of the request.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (after {done} bytes)")]
+pub struct PartialError {
+    /// Bytes that landed (or were reserved) before the failure.
+    pub done: usize,
+    /// Why it stopped.
+    #[source]
+    pub error: Error,
+}
+
+impl From<PartialError> for Error {
+    fn from(p: PartialError) -> Error {
+        p.error
+    }
+}
+
+pub(crate) fn out_of_range(what: &'static str, offset: u64, len: u64, limit: u64) -> Error {
+    Error::OutOfRange {
+        what,
+        offset,
+        end: offset.saturating_add(len),
+        limit,
+    }
+}

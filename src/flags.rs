@@ -1,0 +1,308 @@
+//! Per-block and per-page flags, and the transitions between them. Pure logic:
+//! no system calls, so every rule here is unit-tested on its own.
+//!
+//! * per block: **allocated** — the store holds a block for it;
+//! * per page: **residency** (absent, protected, writable) and **dirty** —
+//!   memory may differ from the store.
+//!
+//! The invariant (DESIGN rule 1): a writable page is dirty, and every block
+//! under it that lies below EOF is allocated. A protected page may be dirty
+//! (after a flush failed, or when EOF moved up across it); an absent page is clean.
+
+use std::ops::Range;
+
+use fixedbitset::FixedBitSet;
+
+use crate::geometry::{Geometry, intersect};
+
+/// Whether a page is in memory and whether it may be written without a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Residency {
+    /// Not in memory: the next touch faults as missing.
+    Absent,
+    /// In memory, write-protected: reads run free, the next write faults.
+    Protected,
+    /// In memory and writable: its blocks are allocated, it is dirty.
+    Writable,
+}
+
+/// The flags of one mapping, and its end of file.
+#[derive(Debug)]
+pub(crate) struct Flags {
+    geo: Geometry,
+    eof: u64,
+    pages: Vec<Residency>,
+    dirty: FixedBitSet,
+    allocated: FixedBitSet,
+}
+
+impl Flags {
+    /// All pages absent and clean; `allocated` lists the store's block ranges.
+    pub fn new(geo: Geometry, eof: u64, allocated: &[Range<u64>]) -> Flags {
+        let mut flags = Flags {
+            geo,
+            eof,
+            pages: vec![Residency::Absent; geo.pages() as usize],
+            dirty: FixedBitSet::with_capacity(geo.pages() as usize),
+            allocated: FixedBitSet::with_capacity(geo.blocks() as usize),
+        };
+        for r in allocated {
+            flags.mark_allocated(r.start.min(geo.blocks())..r.end.min(geo.blocks()));
+        }
+        flags
+    }
+
+    pub fn eof(&self) -> u64 {
+        self.eof
+    }
+
+    pub fn set_eof(&mut self, eof: u64) {
+        debug_assert!(eof <= self.geo.capacity);
+        self.eof = eof;
+    }
+
+    pub fn residency(&self, page: u64) -> Residency {
+        self.pages[page as usize]
+    }
+
+    pub fn is_dirty(&self, page: u64) -> bool {
+        self.dirty.contains(page as usize)
+    }
+
+    pub fn is_allocated(&self, block: u64) -> bool {
+        self.allocated.contains(block as usize)
+    }
+
+    pub fn past_eof(&self, page: u64) -> bool {
+        self.geo.page_past_eof(page, self.eof)
+    }
+
+    /// The smallest block range covering every block a write to `page` needs
+    /// and the store does not yet hold; `None` if the page may become writable now.
+    pub fn missing_blocks(&self, page: u64) -> Option<Range<u64>> {
+        let needed = self.geo.blocks_backing(page, self.eof);
+        let first = needed.clone().find(|&b| !self.is_allocated(b))?;
+        let last = needed.rev().find(|&b| !self.is_allocated(b))?;
+        Some(first..last + 1)
+    }
+
+    pub fn mark_allocated(&mut self, blocks: Range<u64>) {
+        self.allocated.insert_range(blocks.start as usize..blocks.end as usize);
+    }
+
+    pub fn forget_allocated(&mut self, blocks: Range<u64>) {
+        let end = blocks.end.min(self.geo.blocks());
+        if blocks.start < end {
+            self.allocated.remove_range(blocks.start as usize..end as usize);
+        }
+    }
+
+    /// A missing page was filled for a read: protected and clean.
+    pub fn filled_for_read(&mut self, page: u64) {
+        debug_assert_eq!(self.residency(page), Residency::Absent);
+        self.pages[page as usize] = Residency::Protected;
+        self.dirty.set(page as usize, false);
+    }
+
+    /// A page was made writable after its blocks were allocated: writable and dirty.
+    pub fn granted_write(&mut self, page: u64) {
+        debug_assert!(self.missing_blocks(page).is_none(), "rule 1: blocks first");
+        self.pages[page as usize] = Residency::Writable;
+        self.dirty.insert(page as usize);
+    }
+
+    /// A resident page was write-protected (its dirty mark is kept).
+    pub fn protected(&mut self, page: u64) {
+        debug_assert_ne!(self.residency(page), Residency::Absent);
+        self.pages[page as usize] = Residency::Protected;
+    }
+
+    /// A page was dropped from memory: absent and clean.
+    pub fn dropped(&mut self, page: u64) {
+        self.pages[page as usize] = Residency::Absent;
+        self.dirty.set(page as usize, false);
+    }
+
+    /// A flush takes the page: clean and protected.
+    pub fn cleaned(&mut self, page: u64) {
+        self.pages[page as usize] = Residency::Protected;
+        self.dirty.set(page as usize, false);
+    }
+
+    /// A flush failed after taking the page: dirty again, so the next flush writes it.
+    pub fn redirty(&mut self, page: u64) {
+        debug_assert_ne!(self.residency(page), Residency::Absent);
+        self.dirty.insert(page as usize);
+    }
+
+    /// Dirty pages in `pages`, in order.
+    pub fn dirty_pages(&self, pages: Range<u64>) -> Vec<u64> {
+        let end = pages.end.min(self.geo.pages());
+        if pages.start >= end {
+            return Vec::new();
+        }
+        let mut dirty = self.dirty.clone();
+        dirty.set_range(..pages.start as usize, false);
+        dirty.set_range(end as usize.., false);
+        dirty.ones().map(|p| p as u64).collect()
+    }
+
+    /// Resident pages in `pages` matching `keep`, in order.
+    pub fn resident_pages(&self, pages: Range<u64>, keep: impl Fn(Residency, bool) -> bool) -> Vec<u64> {
+        let end = pages.end.min(self.geo.pages());
+        (pages.start..end)
+            .filter(|&p| {
+                let r = self.residency(p);
+                r != Residency::Absent && keep(r, self.is_dirty(p))
+            })
+            .collect()
+    }
+
+    /// The byte ranges of `page` that lie in allocated blocks: what a flush writes.
+    /// EOF plays no part (DESIGN rule 4); the store clips at its length.
+    pub fn allocated_bytes(&self, page: u64) -> Vec<Range<u64>> {
+        let bytes = self.geo.page_bytes(page);
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for block in self.geo.blocks_overlapping(&bytes) {
+            if !self.is_allocated(block) {
+                continue;
+            }
+            let part = intersect(&self.geo.block_bytes(block), &bytes);
+            match out.last_mut() {
+                Some(last) if last.end == part.start => last.end = part.end,
+                _ => out.push(part),
+            }
+        }
+        out
+    }
+
+    pub fn allocated_blocks(&self) -> u64 {
+        self.allocated.count_ones(..) as u64
+    }
+
+    pub fn resident_count(&self) -> u64 {
+        self.pages.iter().filter(|r| **r != Residency::Absent).count() as u64
+    }
+
+    pub fn dirty_count(&self) -> u64 {
+        self.dirty.count_ones(..) as u64
+    }
+
+    /// Checks DESIGN rule 1 and the residency rules on every page; returns the
+    /// first page that breaks one, with the reason.
+    pub fn check(&self) -> Result<(), String> {
+        for page in 0..self.geo.pages() {
+            let r = self.residency(page);
+            if r == Residency::Writable && !self.is_dirty(page) {
+                return Err(format!("page {page} writable but clean"));
+            }
+            if r == Residency::Writable && self.missing_blocks(page).is_some() {
+                return Err(format!("page {page} writable with unallocated blocks"));
+            }
+            if r == Residency::Absent && self.is_dirty(page) {
+                return Err(format!("page {page} absent but dirty"));
+            }
+            if r != Residency::Absent && self.past_eof(page) {
+                return Err(format!("page {page} resident past EOF {}", self.eof));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(block: u64, eof: u64) -> Flags {
+        Flags::new(Geometry::new(4096, block, 64 * 1024), eof, &[])
+    }
+
+    #[test]
+    fn a_read_fill_is_protected_and_clean() {
+        let mut f = flags(1024, 10000);
+        f.filled_for_read(0);
+        assert_eq!(f.residency(0), Residency::Protected);
+        assert!(!f.is_dirty(0));
+        f.check().unwrap();
+    }
+
+    #[test]
+    fn a_write_needs_every_block_below_eof() {
+        let mut f = flags(1024, 5000);
+        assert_eq!(f.missing_blocks(1), Some(4..5));
+        f.mark_allocated(4..5);
+        assert_eq!(f.missing_blocks(1), None);
+        f.granted_write(1);
+        assert_eq!(f.residency(1), Residency::Writable);
+        assert!(f.is_dirty(1));
+        f.check().unwrap();
+    }
+
+    #[test]
+    fn missing_blocks_cover_only_the_gaps() {
+        let mut f = flags(1024, 8192);
+        f.mark_allocated(0..1);
+        f.mark_allocated(3..4);
+        assert_eq!(f.missing_blocks(0), Some(1..3));
+        f.mark_allocated(1..3);
+        assert_eq!(f.missing_blocks(0), None);
+    }
+
+    #[test]
+    fn growing_eof_makes_a_writable_page_need_blocks_again() {
+        // Seed 000: EOF 1024, page 0 written with block 0 only.
+        let mut f = flags(1024, 1024);
+        f.mark_allocated(0..1);
+        f.granted_write(0);
+        f.set_eof(10000);
+        assert_eq!(f.missing_blocks(0), Some(1..4));
+        assert!(f.check().is_err(), "rule 1 must flag the straddling page");
+        f.protected(0);
+        f.check().unwrap();
+        assert!(f.is_dirty(0), "re-protecting keeps the dirty mark");
+    }
+
+    #[test]
+    fn flush_cleans_and_protects_and_failure_redirties() {
+        let mut f = flags(4096, 8192);
+        f.mark_allocated(0..1);
+        f.granted_write(0);
+        assert_eq!(f.dirty_pages(0..16), vec![0]);
+        f.cleaned(0);
+        assert_eq!(f.residency(0), Residency::Protected);
+        assert!(f.dirty_pages(0..16).is_empty());
+        f.redirty(0);
+        assert_eq!(f.dirty_pages(0..16), vec![0]);
+        f.check().unwrap();
+    }
+
+    #[test]
+    fn flush_writes_allocated_blocks_whatever_eof_says() {
+        let mut f = flags(1024, 1024);
+        f.mark_allocated(0..1);
+        f.mark_allocated(2..3);
+        assert_eq!(f.allocated_bytes(0), vec![0..1024, 2048..3072]);
+        let mut big = flags(16384, 100);
+        big.mark_allocated(0..1);
+        assert_eq!(big.allocated_bytes(3), vec![12288..16384]);
+    }
+
+    #[test]
+    fn dropping_and_range_queries() {
+        let mut f = flags(1024, 64 * 1024);
+        f.mark_allocated(0..64);
+        for p in [1, 3, 5] {
+            f.granted_write(p);
+        }
+        f.filled_for_read(7);
+        assert_eq!(f.dirty_pages(2..6), vec![3, 5]);
+        assert_eq!(f.resident_pages(0..16, |_, dirty| !dirty), vec![7]);
+        f.dropped(3);
+        assert_eq!(f.residency(3), Residency::Absent);
+        assert_eq!(f.dirty_count(), 2);
+        assert_eq!(f.resident_count(), 3);
+        f.forget_allocated(60..1000);
+        assert_eq!(f.allocated_blocks(), 60);
+    }
+}

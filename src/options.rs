@@ -1,0 +1,175 @@
+//! How a mapping is opened, and what it does when the store is full.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::mapping::Mapping;
+use crate::store::{FileStore, Store};
+
+/// A write fault that could not allocate its blocks, as shown to an
+/// [`OnFull::callback`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct FullFault<'a> {
+    /// File offset of the faulting address.
+    pub offset: u64,
+    /// Kernel thread id of the faulting thread.
+    pub thread: i32,
+    /// [`Error::NoSpace`] or [`Error::Quota`].
+    pub error: &'a Error,
+}
+
+/// What to do with a write fault the store has no room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullAction {
+    /// Send SIGBUS to the faulting thread, as the kernel does.
+    Sigbus,
+    /// Keep the thread blocked until [`Mapping::notify_space_freed`] (or a
+    /// hole punch or shrink on this mapping), then try again.
+    Wait,
+    /// Try the allocation again now (after the callback freed space itself).
+    Retry,
+}
+
+type Callback = dyn Fn(&FullFault<'_>) -> FullAction + Send + Sync;
+
+/// The mapping's policy for write faults that find the store full
+/// (DESIGN rule 3). Checked calls ([`Mapping::write`], [`Mapping::reserve`])
+/// never use it: they return the error.
+#[derive(Clone, Default)]
+pub enum OnFull {
+    /// SIGBUS to the faulting thread (the default, as the kernel does). It
+    /// arrives with `si_code == SI_QUEUE` and the fault address in `si_value`.
+    #[default]
+    Sigbus,
+    /// Block the faulting thread until space is freed.
+    Wait,
+    /// Ask a function, called on the handler thread. It must not touch the
+    /// mapping's memory or call its methods.
+    Callback(Arc<Callback>),
+}
+
+impl OnFull {
+    /// A policy that asks `f` for each full fault.
+    pub fn callback(f: impl Fn(&FullFault<'_>) -> FullAction + Send + Sync + 'static) -> OnFull {
+        OnFull::Callback(Arc::new(f))
+    }
+
+    pub(crate) fn decide(&self, fault: &FullFault<'_>) -> FullAction {
+        match self {
+            OnFull::Sigbus => FullAction::Sigbus,
+            OnFull::Wait => FullAction::Wait,
+            OnFull::Callback(f) => f(fault),
+        }
+    }
+}
+
+impl fmt::Debug for OnFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OnFull::Sigbus => f.write_str("Sigbus"),
+            OnFull::Wait => f.write_str("Wait"),
+            OnFull::Callback(_) => f.write_str("Callback(..)"),
+        }
+    }
+}
+
+/// Default capacity when none is given: room to grow without remapping.
+pub const DEFAULT_CAPACITY: u64 = 1 << 30;
+
+/// Options for opening a [`Mapping`], in the spirit of `memmap2::MmapOptions`.
+///
+/// ```no_run
+/// use mkwrite::{MappingOptions, OnFull};
+/// let map = MappingOptions::new()
+///     .capacity(64 << 20)
+///     .block_size(1024)
+///     .on_full(OnFull::Wait)
+///     .create(true)
+///     .open("data.db")?;
+/// # Ok::<(), mkwrite::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct MappingOptions {
+    pub(crate) capacity: Option<u64>,
+    pub(crate) block_size: Option<u64>,
+    pub(crate) on_full: OnFull,
+    pub(crate) create: bool,
+    pub(crate) uffd_fallback: bool,
+}
+
+impl Default for MappingOptions {
+    fn default() -> Self {
+        MappingOptions {
+            capacity: None,
+            block_size: None,
+            on_full: OnFull::Sigbus,
+            create: false,
+            uffd_fallback: true,
+        }
+    }
+}
+
+impl MappingOptions {
+    /// Default options: capacity `max(len, 1 GiB)`, the filesystem's block size, SIGBUS when full.
+    pub fn new() -> MappingOptions {
+        MappingOptions::default()
+    }
+
+    /// How far the file may grow without remapping (rounded up to pages and blocks).
+    pub fn capacity(&mut self, bytes: u64) -> &mut Self {
+        self.capacity = Some(bytes);
+        self
+    }
+
+    /// Block size of the [`FileStore`] that [`open`](Self::open) makes.
+    pub fn block_size(&mut self, bytes: u64) -> &mut Self {
+        self.block_size = Some(bytes);
+        self
+    }
+
+    /// What a write fault does when the store is full.
+    pub fn on_full(&mut self, policy: OnFull) -> &mut Self {
+        self.on_full = policy;
+        self
+    }
+
+    /// Create the file if it does not exist.
+    pub fn create(&mut self, yes: bool) -> &mut Self {
+        self.create = yes;
+        self
+    }
+
+    /// Whether to fall back to `/dev/userfaultfd` and `UFFD_USER_MODE_ONLY`
+    /// when the `userfaultfd` system call is refused (default: true).
+    pub fn userfaultfd_fallback(&mut self, yes: bool) -> &mut Self {
+        self.uffd_fallback = yes;
+        self
+    }
+
+    /// Maps the file at `path` through a [`FileStore`].
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<Mapping> {
+        let store = if self.create {
+            FileStore::create(path)?
+        } else {
+            FileStore::open(path)?
+        };
+        let store = match self.block_size {
+            Some(b) => store.with_block_size(b)?,
+            None => store,
+        };
+        self.map_store(store)
+    }
+
+    /// Maps any store.
+    pub fn map_store<S: Store + 'static>(&self, store: S) -> Result<Mapping> {
+        if let Some(b) = self.block_size
+            && b != store.block_size()
+        {
+            crate::geometry::check_block_size(b)?;
+        }
+        Mapping::new(Box::new(store), self)
+    }
+}

@@ -1,0 +1,174 @@
+//! Changes to the file's layout: length (DESIGN rules 5 and 6), holes, and
+//! eviction of clean pages. Each holds the layout lock exclusively.
+
+use std::ops::Range;
+
+use crate::engine::{Engine, Failure};
+use crate::error::{Error, Result, out_of_range};
+use crate::flags::{Flags, Residency};
+use crate::geometry::intersect;
+
+fn failure(f: Failure) -> Error {
+    match f {
+        Failure::Full(e) => e,
+        Failure::Io(e) => Error::Io(e),
+        Failure::PastEof => Error::Io(std::io::Error::other("page past EOF")),
+    }
+}
+
+impl Engine {
+    pub fn set_len(&self, new: u64) -> Result<()> {
+        if new > self.geo.capacity {
+            return Err(out_of_range("set_len beyond the mapping's capacity", new, 0, self.geo.capacity));
+        }
+        let _layout = self.layout_exclusive();
+        let mut flags = self.lock_flags();
+        let old = flags.eof();
+        if new > old {
+            self.grow(&mut flags, old, new)
+        } else if new < old {
+            self.shrink(&mut flags, old, new)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Rule 5: the bytes of the old EOF page past old EOF become file data and
+    /// must read as zero. Rule 6: if that page now needs blocks it lacks, it is
+    /// protected again so its next write allocates them.
+    fn grow(&self, flags: &mut Flags, old: u64, new: u64) -> Result<()> {
+        self.store.set_len(new)?;
+        flags.set_eof(new);
+        let page = self.geo.page_of(old);
+        let within = old % self.geo.page;
+        if within == 0 || flags.residency(page) == Residency::Absent {
+            return Ok(());
+        }
+        let tail = within..(new - page * self.geo.page).min(self.geo.page);
+        if self.is_zero(page, &tail) {
+            if flags.missing_blocks(page).is_some() {
+                self.protect(flags, &[page])?;
+            }
+            return Ok(());
+        }
+        let tail = tail.start as usize..tail.end as usize;
+        self.rewrite(flags, page, false, |buf| buf[tail].fill(0))?;
+        Ok(())
+    }
+
+    /// Rule 6, downwards: pages past the new EOF are dropped, the tail of the
+    /// new last page is zeroed, and the store frees the blocks.
+    fn shrink(&self, flags: &mut Flags, old: u64, new: u64) -> Result<()> {
+        self.store.set_len(new)?;
+        flags.set_eof(new);
+        flags.forget_allocated(new.div_ceil(self.geo.block)..u64::MAX);
+        let dead = flags.resident_pages(new.div_ceil(self.geo.page)..old.div_ceil(self.geo.page), |_, _| true);
+        self.discard(flags, &dead)?;
+        let page = self.geo.page_of(new);
+        let within = new % self.geo.page;
+        if within != 0 && flags.residency(page) != Residency::Absent {
+            let tail = within..self.geo.page;
+            if !self.is_zero(page, &tail) {
+                self.rewrite(flags, page, false, |buf| buf[within as usize..].fill(0))?;
+            }
+        }
+        self.doorbell.ring();
+        Ok(())
+    }
+
+    fn is_zero(&self, page: u64, range: &Range<u64>) -> bool {
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        self.copy_out(page, range.clone(), &mut buf);
+        buf.iter().all(|&b| b == 0)
+    }
+
+    /// Zeroes `[offset, offset + len)` below EOF in memory and frees the blocks
+    /// wholly inside it in the store; partly covered blocks keep their space
+    /// and get their zeros at the next flush.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.geo.capacity)
+            .ok_or_else(|| out_of_range("punch_hole beyond the mapping's capacity", offset, len, self.geo.capacity))?;
+        let _layout = self.layout_exclusive();
+        let mut flags = self.lock_flags();
+        let eof = flags.eof();
+        let end = end.min(eof);
+        if offset >= end {
+            return Ok(());
+        }
+        // The block holding EOF may go whole if the hole reaches EOF.
+        let reach = if end == eof { eof.div_ceil(self.geo.block) * self.geo.block } else { end };
+        let holes = self.geo.blocks_inside(&(offset..reach));
+        if !holes.is_empty() {
+            self.store.deallocate(holes.clone())?;
+            flags.forget_allocated(holes.clone());
+        }
+        let freed = holes.start * self.geo.block..holes.end * self.geo.block;
+        for page in self.geo.pages_overlapping(&(offset..end)) {
+            self.punch_page(&mut flags, page, &(offset..end), &freed)?;
+        }
+        self.doorbell.ring();
+        Ok(())
+    }
+
+    fn punch_page(&self, flags: &mut Flags, page: u64, zero: &Range<u64>, freed: &Range<u64>) -> Result<()> {
+        let bytes = self.geo.page_bytes(page);
+        let live = bytes.start..bytes.end.min(flags.eof());
+        if freed.start <= live.start && live.end <= freed.end {
+            // Nothing of this page is left in the store: refilling reads zeros.
+            if flags.residency(page) != Residency::Absent {
+                self.discard(flags, &[page])?;
+            }
+            return Ok(());
+        }
+        let part = intersect(zero, &bytes);
+        let touches_data = self
+            .geo
+            .blocks_overlapping(&part)
+            .any(|b| flags.is_allocated(b));
+        if flags.residency(page) == Residency::Absent && !touches_data {
+            return Ok(());
+        }
+        let local = (part.start - bytes.start) as usize..(part.end - bytes.start) as usize;
+        self.rewrite(flags, page, touches_data, |buf| buf[local].fill(0))?;
+        Ok(())
+    }
+
+    /// Drops every clean resident page; they refill from the store when touched.
+    pub fn evict(&self) -> Result<()> {
+        let _layout = self.layout_exclusive();
+        let mut flags = self.lock_flags();
+        let clean = flags.resident_pages(0..self.geo.pages(), |_, dirty| !dirty);
+        self.discard(&mut flags, &clean)?;
+        Ok(())
+    }
+
+    /// Allocates the blocks under `[offset, offset + len)` (within EOF), like
+    /// `fallocate`. Returns how many bytes from `offset` are reserved on failure.
+    pub fn reserve(&self, offset: u64, len: u64) -> std::result::Result<(), (u64, Error)> {
+        let _layout = self.layout_shared();
+        let blocks = self.geo.blocks_overlapping(&(offset..offset + len));
+        let chunk = ((1 << 20) / self.geo.block).max(1);
+        let mut start = blocks.start;
+        while start < blocks.end {
+            let end = (start + chunk).min(blocks.end);
+            let mut flags = self.lock_flags();
+            let missing = crate::store::runs((start..end).filter(|&b| !flags.is_allocated(b)));
+            for run in missing {
+                if self.allocate(&mut flags, run.clone()).is_ok() {
+                    continue;
+                }
+                // Block by block after a failure, so the count is exact.
+                for b in run {
+                    if let Err(f) = self.allocate(&mut flags, b..b + 1) {
+                        let done = (b * self.geo.block).saturating_sub(offset).min(len);
+                        return Err((done, failure(f)));
+                    }
+                }
+            }
+            start = end;
+        }
+        Ok(())
+    }
+}

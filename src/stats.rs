@@ -1,0 +1,117 @@
+//! Counters of what the mapping did, for tests, benches and the pager's table.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A snapshot of a mapping's counters and flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// File length (EOF).
+    pub len: u64,
+    /// The store's block size.
+    pub block_size: u64,
+    /// Blocks the mapping knows to be allocated in the store.
+    pub blocks_allocated: u64,
+    /// Pages in memory.
+    pub pages_resident: u64,
+    /// Pages whose bytes may differ from the store.
+    pub pages_dirty: u64,
+    /// Faults on missing pages by reads.
+    pub faults_missing_read: u64,
+    /// Faults on missing pages by writes.
+    pub faults_missing_write: u64,
+    /// Faults by writes to write-protected pages.
+    pub faults_write_protect: u64,
+    /// Pages made ready by checked reads and writes, without a fault.
+    pub pages_prepared: u64,
+    /// Blocks allocated in the store.
+    pub allocations: u64,
+    /// Allocations that failed (no space, quota or I/O).
+    pub allocation_failures: u64,
+    /// SIGBUS signals sent to faulting threads.
+    pub sigbus_sent: u64,
+    /// Faults parked to wait for space.
+    pub faults_parked: u64,
+    /// Completed flushes.
+    pub flushes: u64,
+    /// Bytes written to the store by flushes.
+    pub bytes_flushed: u64,
+    /// Time the handler spent resolving faults.
+    pub handler_time: Duration,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    missing_read: AtomicU64,
+    missing_write: AtomicU64,
+    write_protect: AtomicU64,
+    prepared: AtomicU64,
+    allocations: AtomicU64,
+    allocation_failures: AtomicU64,
+    sigbus: AtomicU64,
+    parked: AtomicU64,
+    flushes: AtomicU64,
+    bytes_flushed: AtomicU64,
+    handler_nanos: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub fn fault(&self, write: bool, write_protect: bool) {
+        let c = match (write, write_protect) {
+            (_, true) => &self.write_protect,
+            (true, false) => &self.missing_write,
+            (false, false) => &self.missing_read,
+        };
+        bump(c, 1);
+    }
+
+    pub fn prepared(&self) {
+        bump(&self.prepared, 1);
+    }
+
+    pub fn add_blocks(&self, n: u64) {
+        bump(&self.allocations, n);
+    }
+
+    pub fn allocation_failed(&self) {
+        bump(&self.allocation_failures, 1);
+    }
+
+    pub fn sigbus(&self) {
+        bump(&self.sigbus, 1);
+    }
+
+    pub fn parked(&self) {
+        bump(&self.parked, 1);
+    }
+
+    pub fn flushed(&self, bytes: u64) {
+        bump(&self.flushes, 1);
+        bump(&self.bytes_flushed, bytes);
+    }
+
+    pub fn handler_time(&self, d: Duration) {
+        bump(&self.handler_nanos, d.as_nanos() as u64);
+    }
+
+    /// Fills the counter fields of `stats`.
+    pub fn snapshot(&self, stats: &mut Stats) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        stats.faults_missing_read = get(&self.missing_read);
+        stats.faults_missing_write = get(&self.missing_write);
+        stats.faults_write_protect = get(&self.write_protect);
+        stats.pages_prepared = get(&self.prepared);
+        stats.allocations = get(&self.allocations);
+        stats.allocation_failures = get(&self.allocation_failures);
+        stats.sigbus_sent = get(&self.sigbus);
+        stats.faults_parked = get(&self.parked);
+        stats.flushes = get(&self.flushes);
+        stats.bytes_flushed = get(&self.bytes_flushed);
+        stats.handler_time = Duration::from_nanos(get(&self.handler_nanos));
+    }
+}

@@ -1,0 +1,205 @@
+//! A store over a real file: `fallocate` allocates, so the filesystem's own
+//! ENOSPC and EDQUOT come back at the fault instead of at writeback.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::Store;
+use crate::error::{Error, Result};
+use crate::geometry::check_block_size;
+use crate::sys;
+
+/// A file on a real filesystem.
+///
+/// The block size defaults to the filesystem's (`f_bsize`); a different one may
+/// be chosen with [`with_block_size`](FileStore::with_block_size): allocation
+/// then asks the filesystem for that unit, which it rounds to its own.
+#[derive(Debug)]
+pub struct FileStore {
+    file: File,
+    path: Option<PathBuf>,
+    block: u64,
+    len: AtomicU64,
+    /// Serializes length changes against writes, so a write never lands past a new EOF.
+    resize: Mutex<()>,
+    /// The directory entry or the size changed since the last sync.
+    dir_dirty: AtomicBool,
+}
+
+fn open_error(path: &Path, err: io::Error) -> Error {
+    match err.raw_os_error() {
+        Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => Error::ReadOnly {
+            path: Some(path.to_owned()),
+            source: err,
+        },
+        _ => Error::Io(err),
+    }
+}
+
+impl FileStore {
+    /// Opens an existing file read-write.
+    pub fn open(path: impl AsRef<Path>) -> Result<FileStore> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| open_error(path, e))?;
+        FileStore::from_file(file, Some(path.to_owned()))
+    }
+
+    /// Opens a file read-write, creating it empty if it does not exist.
+    /// A new file's directory is synced on the first [`sync`](Store::sync).
+    pub fn create(path: impl AsRef<Path>) -> Result<FileStore> {
+        let path = path.as_ref();
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| open_error(path, e))?;
+        let store = FileStore::from_file(file, Some(path.to_owned()))?;
+        store.dir_dirty.store(!existed, Ordering::SeqCst);
+        Ok(store)
+    }
+
+    /// Wraps an open file, which must be open for writing. `path` lets
+    /// [`sync`](Store::sync) sync the parent directory too.
+    pub fn from_file(file: File, path: Option<PathBuf>) -> Result<FileStore> {
+        if sys::is_read_only(&file)? {
+            return Err(Error::ReadOnly {
+                path,
+                source: io::Error::from_raw_os_error(libc::EBADF),
+            });
+        }
+        let len = file.metadata()?.len();
+        let block = check_block_size(sys::fs_block_size(&file)?.clamp(512, 1 << 20))?;
+        Ok(FileStore {
+            file,
+            path,
+            block,
+            len: AtomicU64::new(len),
+            resize: Mutex::new(()),
+            dir_dirty: AtomicBool::new(false),
+        })
+    }
+
+    /// Uses `block_size` instead of the filesystem's.
+    pub fn with_block_size(mut self, block_size: u64) -> Result<FileStore> {
+        self.block = check_block_size(block_size)?;
+        Ok(self)
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn bytes(&self, blocks: &Range<u64>) -> (u64, u64) {
+        (blocks.start * self.block, (blocks.end - blocks.start) * self.block)
+    }
+
+    fn lock_resize(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.resize.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Store for FileStore {
+    fn block_size(&self) -> u64 {
+        self.block
+    }
+
+    fn len(&self) -> u64 {
+        self.len.load(Ordering::SeqCst)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf[done..].fill(0);
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let _resize = self.lock_resize();
+        let visible = self.len().saturating_sub(offset).min(data.len() as u64) as usize;
+        self.file.write_all_at(&data[..visible], offset)
+    }
+
+    fn allocate(&self, blocks: Range<u64>) -> io::Result<()> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let (offset, len) = self.bytes(&blocks);
+        sys::allocate(&self.file, offset, len)
+    }
+
+    fn deallocate(&self, blocks: Range<u64>) -> io::Result<()> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let (offset, len) = self.bytes(&blocks);
+        sys::punch_hole(&self.file, offset, len)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let _resize = self.lock_resize();
+        let old = self.len();
+        if len < old {
+            // Blocks allocated with KEEP_SIZE past the old EOF are not freed by
+            // ftruncate on every filesystem; punch them so space comes back.
+            let first = len.div_ceil(self.block);
+            let end = old.div_ceil(self.block).max(first);
+            self.file.set_len(len)?;
+            if end > first {
+                let (offset, bytes) = self.bytes(&(first..end));
+                sys::punch_hole(&self.file, offset, bytes)?;
+            }
+        } else {
+            self.file.set_len(len)?;
+        }
+        self.len.store(len, Ordering::SeqCst);
+        self.dir_dirty.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        sys::data_sync(&self.file)?;
+        if self.dir_dirty.swap(false, Ordering::SeqCst)
+            && let Some(dir) = self.path.as_ref().and_then(|p| p.parent())
+        {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                self.dir_dirty.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn allocated(&self) -> io::Result<Vec<Range<u64>>> {
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for bytes in sys::data_ranges(&self.file, self.len())? {
+            let blocks = bytes.start / self.block..bytes.end.div_ceil(self.block);
+            match out.last_mut() {
+                Some(last) if last.end >= blocks.start => last.end = last.end.max(blocks.end),
+                _ => out.push(blocks),
+            }
+        }
+        Ok(out)
+    }
+}

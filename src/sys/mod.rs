@@ -1,0 +1,74 @@
+//! Every call into the kernel lives here; the rest of the crate is safe code.
+
+mod file;
+mod memory;
+mod signal;
+mod uffd;
+
+pub(crate) use file::{allocate, data_ranges, data_sync, fs_block_size, is_read_only, punch_hole};
+pub(crate) use memory::Region;
+pub(crate) use signal::send_sigbus;
+pub(crate) use uffd::{Fault, RawMsg, Uffd};
+pub use uffd::UffdOrigin;
+
+use std::io;
+use std::os::fd::AsFd;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+/// The system page size.
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).expect("page size is positive")
+}
+
+/// A counter another thread can bump to wake the fault handler out of `poll`.
+#[derive(Debug)]
+pub(crate) struct Doorbell(EventFd);
+
+impl Doorbell {
+    pub(crate) fn new() -> io::Result<Doorbell> {
+        Ok(Doorbell(EventFd::from_value_and_flags(
+            0,
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        )?))
+    }
+
+    pub(crate) fn ring(&self) {
+        // A full counter (2^64-2 rings) already wakes the reader; nothing to report.
+        let _ = self.0.write(1);
+    }
+
+    /// Clears the counter; true if it had been rung.
+    pub(crate) fn take(&self) -> bool {
+        self.0.read().is_ok()
+    }
+}
+
+/// What woke the handler.
+pub(crate) struct Ready {
+    pub faults: bool,
+    pub doorbell: bool,
+}
+
+/// Waits until the userfaultfd has messages or the doorbell rings.
+pub(crate) fn wait_ready(uffd: &Uffd, doorbell: &Doorbell) -> io::Result<Ready> {
+    let mut fds = [
+        PollFd::new(uffd.as_fd(), PollFlags::POLLIN),
+        PollFd::new(doorbell.0.as_fd(), PollFlags::POLLIN),
+    ];
+    loop {
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let has = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+    Ok(Ready {
+        faults: has(&fds[0]),
+        doorbell: has(&fds[1]),
+    })
+}

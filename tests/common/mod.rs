@@ -1,0 +1,91 @@
+//! Helpers shared by the integration tests: real mounts to get a real ENOSPC
+//! and the real kernel's behaviour. CI runs as root; these fail (not skip)
+//! without it, so a missing privilege can never pass for a green run.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+pub const BLOCK_SIZES: [u64; 5] = [512, 1024, 4096, 16384, 65536];
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn require_root() {
+    assert!(
+        effective_uid() == 0,
+        "this test mounts filesystems and must run as root (CI does)"
+    );
+}
+
+/// A mounted filesystem in a temporary directory, unmounted on drop.
+pub struct Mount {
+    pub dir: TempDir,
+    _image: Option<TempDir>,
+}
+
+impl Mount {
+    /// A tmpfs limited to `bytes`.
+    pub fn tmpfs(bytes: u64) -> Mount {
+        require_root();
+        let dir = TempDir::new().unwrap();
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path()));
+        Mount { dir, _image: None }
+    }
+
+    /// An ext4 filesystem of `bytes` with `block` byte blocks on a loop device,
+    /// no blocks reserved for root (root would otherwise eat into them).
+    pub fn ext4(bytes: u64, block: u64) -> Mount {
+        require_root();
+        let image_dir = TempDir::new().unwrap();
+        let image = image_dir.path().join("fs.img");
+        std::fs::File::create(&image).unwrap().set_len(bytes).unwrap();
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-b", &block.to_string()])
+            .arg(&image));
+        let dir = TempDir::new().unwrap();
+        run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(dir.path()));
+        Mount {
+            dir,
+            _image: Some(image_dir),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // Lazy unmount: a failing test may still hold a file open here.
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+pub fn read_file(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+/// A byte pattern that differs per offset and seed, so misplaced bytes show.
+pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+}
+
+fn effective_uid() -> u32 {
+    // /proc/self/status "Uid: real effective saved fs"; no unsafe needed.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
