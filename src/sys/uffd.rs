@@ -19,6 +19,7 @@ const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 
 const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
 const FEATURE_THREAD_ID: u64 = 1 << 8;
+const FEATURE_EXACT_ADDRESS: u64 = 1 << 11;
 
 const REGISTER_MODE_MISSING: u64 = 1 << 0;
 const REGISTER_MODE_WP: u64 = 1 << 1;
@@ -171,48 +172,55 @@ fn userfaultfd_device(flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Tries, in order: the syscall, `/dev/userfaultfd`, and (if `fallback`) the
+/// syscall with `UFFD_USER_MODE_ONLY`, which unprivileged processes may use
+/// even when `vm.unprivileged_userfaultfd` is 0.
+fn create(fallback: bool) -> Result<(OwnedFd, UffdOrigin), Error> {
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    match userfaultfd_syscall(flags) {
+        Ok(fd) => Ok((fd, UffdOrigin::Syscall)),
+        Err(first) if first.raw_os_error() == Some(libc::ENOSYS) => Err(Error::Userfaultfd {
+            advice: "this kernel has no userfaultfd (CONFIG_USERFAULTFD=n)",
+            source: first,
+        }),
+        Err(first) => userfaultfd_device(flags)
+            .map(|fd| (fd, UffdOrigin::Device))
+            .or_else(|e| {
+                if fallback {
+                    userfaultfd_syscall(flags | UFFD_USER_MODE_ONLY).map(|fd| (fd, UffdOrigin::UserModeOnly))
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|_| Error::Userfaultfd {
+                advice: "not permitted: run as root or with CAP_SYS_PTRACE, set \
+                         `sysctl vm.unprivileged_userfaultfd=1`, or grant read-write \
+                         access to /dev/userfaultfd",
+                source: first,
+            }),
+    }
+}
+
 impl Uffd {
-    /// Opens a userfaultfd with write-protect and thread-id features.
-    ///
-    /// Tries, in order: the syscall, `/dev/userfaultfd`, and (if `fallback`)
-    /// the syscall with `UFFD_USER_MODE_ONLY`, which unprivileged processes may
-    /// use even when `vm.unprivileged_userfaultfd` is 0.
+    /// Opens a userfaultfd with write-protect and thread-id features (see [`create`]).
     pub(crate) fn open(fallback: bool) -> Result<Uffd, Error> {
-        let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
-        let (fd, origin) = match userfaultfd_syscall(flags) {
-            Ok(fd) => (fd, UffdOrigin::Syscall),
-            Err(first) if first.raw_os_error() == Some(libc::ENOSYS) => {
-                return Err(Error::Userfaultfd {
-                    advice: "this kernel has no userfaultfd (CONFIG_USERFAULTFD=n)",
-                    source: first,
-                });
-            }
-            Err(first) => {
-                let fallback_fd = userfaultfd_device(flags)
-                    .map(|fd| (fd, UffdOrigin::Device))
-                    .or_else(|e| {
-                        if fallback {
-                            userfaultfd_syscall(flags | UFFD_USER_MODE_ONLY)
-                                .map(|fd| (fd, UffdOrigin::UserModeOnly))
-                        } else {
-                            Err(e)
-                        }
-                    });
-                fallback_fd.map_err(|_| Error::Userfaultfd {
-                    advice: "not permitted: run as root or with CAP_SYS_PTRACE, set \
-                             `sysctl vm.unprivileged_userfaultfd=1`, or grant read-write \
-                             access to /dev/userfaultfd",
-                    source: first,
-                })?
-            }
-        };
+        let required = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID;
+        // Exact addresses let a SIGBUS name the faulting byte (Linux 5.18+);
+        // UFFDIO_API may be called once per fd, so a refusal needs a new fd.
+        let (fd, origin) = create(fallback)?;
         let uffd = Uffd { fd, origin };
-        uffd.negotiate()?;
-        Ok(uffd)
+        match uffd.negotiate(required | FEATURE_EXACT_ADDRESS) {
+            Ok(()) => Ok(uffd),
+            Err(_) => {
+                let (fd, origin) = create(fallback)?;
+                let uffd = Uffd { fd, origin };
+                uffd.negotiate(required)?;
+                Ok(uffd)
+            }
+        }
     }
 
-    fn negotiate(&self) -> Result<(), Error> {
-        let wanted = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID;
+    fn negotiate(&self, wanted: u64) -> Result<(), Error> {
         let mut api = UffdioApi {
             api: UFFD_API,
             features: wanted,
