@@ -1,0 +1,138 @@
+//! 8 threads write disjoint and overlapping ranges through checked writes and
+//! raw memory while another flushes, with set_len between rounds; the file is
+//! checked against a model after every round.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+use common::{BLOCK_SIZES, Mount, read_file};
+use mkwrite::{FileStore, Mapping, MappingOptions, Store};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+const THREADS: usize = 8;
+const SLOT: usize = 24 * 1024 + 333; // each thread's own range, unaligned
+const SHARED: usize = 40 * 1024; // the range every thread writes over
+
+fn write_raw(base: usize, offset: usize, data: &[u8]) {
+    // SAFETY: the mapping outlives the scoped threads and the range is below
+    // EOF; concurrent writers to the shared range race on plain bytes, which
+    // the test then accepts as any one writer's value.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), (base as *mut u8).add(offset), data.len()) };
+}
+
+fn round(map: &Mapping, model: &mut Vec<u8>, round: u8, rng: &mut StdRng) {
+    let base = map.as_ptr() as usize;
+    let shared_at = THREADS * SLOT;
+    let barrier = Barrier::new(THREADS + 1);
+    let values: Vec<u8> = (0..THREADS).map(|t| round.wrapping_mul(16).wrapping_add(t as u8 + 1)).collect();
+    let seeds: Vec<u64> = (0..THREADS).map(|_| rng.random()).collect();
+    thread::scope(|s| {
+        for t in 0..THREADS {
+            let (barrier, value, seed) = (&barrier, values[t], seeds[t]);
+            s.spawn(move || {
+                let mut rng = StdRng::seed_from_u64(seed);
+                barrier.wait();
+                let slot = t * SLOT;
+                for _ in 0..20 {
+                    let off = rng.random_range(0..SLOT);
+                    let len = rng.random_range(1..=(SLOT - off).min(9000));
+                    let data = vec![value; len];
+                    if rng.random_bool(0.5) {
+                        map.write((slot + off) as u64, &data).unwrap();
+                    } else {
+                        write_raw(base, slot + off, &data);
+                    }
+                }
+                // Then the whole slot, so the model knows every byte of it.
+                map.write(slot as u64, &vec![value; SLOT]).unwrap();
+                for chunk in (0..SHARED).step_by(4000) {
+                    let len = 4000.min(SHARED - chunk);
+                    write_raw(base, shared_at + chunk, &vec![value; len]);
+                }
+            });
+        }
+        s.spawn(|| {
+            barrier.wait();
+            for _ in 0..10 {
+                map.flush().unwrap();
+            }
+        });
+    });
+    for (t, &value) in values.iter().enumerate() {
+        model[t * SLOT..(t + 1) * SLOT].fill(value);
+    }
+    // The shared range: every byte must be one of this round's values; adopt them.
+    let mut shared = vec![0u8; SHARED];
+    map.read(shared_at as u64, &mut shared).unwrap();
+    for (i, b) in shared.iter().enumerate() {
+        assert!(values.contains(b), "round {round}: shared byte {i} = {b}");
+    }
+    model[shared_at..shared_at + SHARED].copy_from_slice(&shared);
+}
+
+#[test]
+fn eight_threads_with_flushes_and_set_len_match_the_model() {
+    let fs = Mount::tmpfs(64 << 20);
+    let full = THREADS * SLOT + SHARED;
+    for (i, block) in BLOCK_SIZES.into_iter().enumerate() {
+        let path = fs.path(&format!("conc{block}"));
+        let store = FileStore::create(&path).unwrap().with_block_size(block).unwrap();
+        store.set_len(full as u64).unwrap();
+        let map = MappingOptions::new().capacity(4 << 20).map_store(store).unwrap();
+        let mut model = vec![0u8; full];
+        let mut rng = StdRng::seed_from_u64(0x5EED + i as u64);
+        for r in 0..6u8 {
+            round(&map, &mut model, r, &mut rng);
+            map.flush().unwrap();
+            assert_eq!(read_file(&path), model, "block {block} round {r}: file after flush");
+            map.check_invariants().unwrap();
+            // Shrink to a random unaligned length and grow back: the tail is zero.
+            let cut = rng.random_range(1..full);
+            map.set_len(cut as u64).unwrap();
+            model[cut..].fill(0);
+            map.set_len(full as u64).unwrap();
+            if r % 2 == 0 {
+                map.evict().unwrap();
+            }
+            let mut back = vec![0u8; full];
+            map.read(0, &mut back).unwrap();
+            assert_eq!(back, model, "block {block} round {r}: memory after set_len");
+        }
+        map.close().unwrap();
+        assert_eq!(read_file(&path), model, "block {block}: file after close");
+    }
+}
+
+#[test]
+fn several_mappings_fault_at_once() {
+    let fs = Mount::tmpfs(64 << 20);
+    let maps: Vec<(std::path::PathBuf, Arc<Mapping>)> = (0..4)
+        .map(|i| {
+            let path = fs.path(&format!("m{i}"));
+            let store = FileStore::create(&path).unwrap().with_block_size(1024).unwrap();
+            store.set_len(1 << 20).unwrap();
+            let map = MappingOptions::new().capacity(1 << 20).map_store(store).unwrap();
+            (path, Arc::new(map))
+        })
+        .collect();
+    thread::scope(|s| {
+        for (i, (_, map)) in maps.iter().enumerate() {
+            for t in 0..2 {
+                let map = map.clone();
+                s.spawn(move || {
+                    let half = 512 * 1024;
+                    write_raw(map.as_ptr() as usize, t * half, &vec![(i * 2 + t + 1) as u8; half]);
+                    map.flush().unwrap();
+                });
+            }
+        }
+    });
+    for (i, (path, map)) in maps.into_iter().enumerate() {
+        Arc::into_inner(map).unwrap().close().unwrap();
+        let file = read_file(&path);
+        assert!(file[..512 * 1024].iter().all(|&b| b == (i * 2 + 1) as u8));
+        assert!(file[512 * 1024..].iter().all(|&b| b == (i * 2 + 2) as u8));
+    }
+}
