@@ -41,7 +41,17 @@ impl Engine {
         let end = offset
             .checked_add(len as u64)
             .filter(|&e| e <= self.geo.capacity)
-            .ok_or_else(|| partial(0, out_of_range("beyond the mapping's capacity", offset, len as u64, self.geo.capacity)))?;
+            .ok_or_else(|| {
+                partial(
+                    0,
+                    out_of_range(
+                        "beyond the mapping's capacity",
+                        offset,
+                        len as u64,
+                        self.geo.capacity,
+                    ),
+                )
+            })?;
         if let Some(why) = self.handler_failure() {
             return Err(partial(0, Error::HandlerFailed(why)));
         }

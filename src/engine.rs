@@ -230,7 +230,8 @@ impl Engine {
     /// Copies a resident page's bytes (never faults: reads of resident pages run free).
     pub fn copy_out(&self, page: u64, range: Range<u64>, out: &mut [u8]) {
         debug_assert!(range.end <= self.geo.page);
-        self.region.copy_out(self.page_offset(page) + range.start as usize, out);
+        self.region
+            .copy_out(self.page_offset(page) + range.start as usize, out);
     }
 
     /// Edits a page's bytes so that no thread sees or writes it half-way:

@@ -87,7 +87,8 @@ impl Flags {
     }
 
     pub fn mark_allocated(&mut self, blocks: Range<u64>) {
-        self.allocated.insert_range(blocks.start as usize..blocks.end as usize);
+        self.allocated
+            .insert_range(blocks.start as usize..blocks.end as usize);
     }
 
     pub fn forget_allocated(&mut self, blocks: Range<u64>) {

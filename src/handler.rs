@@ -72,7 +72,11 @@ fn handle(engine: &Engine, fault: Fault, parked: &mut Vec<Fault>) {
         match result {
             Ok(_) => break,
             Err(Failure::PastEof) => {
-                sigbus(engine, &fault, format!("access at {offset} is past the end of the file"));
+                sigbus(
+                    engine,
+                    &fault,
+                    format!("access at {offset} is past the end of the file"),
+                );
                 break;
             }
             Err(Failure::Io(e)) => {

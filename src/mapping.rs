@@ -59,8 +59,14 @@ impl Mapping {
             return Err(Error::CapacityBelowLength { capacity, len });
         }
         let geo = Geometry::new(sys::page_size(), block, capacity);
-        let size = usize::try_from(geo.capacity)
-            .map_err(|_| out_of_range("capacity beyond the address space", 0, capacity, usize::MAX as u64))?;
+        let size = usize::try_from(geo.capacity).map_err(|_| {
+            out_of_range(
+                "capacity beyond the address space",
+                0,
+                capacity,
+                usize::MAX as u64,
+            )
+        })?;
         let allocated = store.allocated()?;
         let uffd = Uffd::open(opts.uffd_fallback)?;
         let region = Region::reserve(size)?;
@@ -173,10 +179,14 @@ impl Mapping {
                 error: out_of_range("reserve beyond the end of the file", offset, len, eof),
             });
         }
-        self.check_handler().map_err(|error| PartialError { done: 0, error })?;
+        self.check_handler()
+            .map_err(|error| PartialError { done: 0, error })?;
         self.engine
             .reserve(offset, len)
-            .map_err(|(done, error)| PartialError { done: done as usize, error })
+            .map_err(|(done, error)| PartialError {
+                done: done as usize,
+                error,
+            })
     }
 
     /// Moves EOF. Growing zeroes what was past the old EOF in its page and
@@ -207,7 +217,14 @@ impl Mapping {
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= geo.capacity)
-            .ok_or_else(|| out_of_range("flush_range beyond the mapping's capacity", offset, len, geo.capacity))?;
+            .ok_or_else(|| {
+                out_of_range(
+                    "flush_range beyond the mapping's capacity",
+                    offset,
+                    len,
+                    geo.capacity,
+                )
+            })?;
         self.engine.flush(geo.pages_overlapping(&(offset..end)))
     }
 

@@ -19,7 +19,12 @@ fn failure(f: Failure) -> Error {
 impl Engine {
     pub fn set_len(&self, new: u64) -> Result<()> {
         if new > self.geo.capacity {
-            return Err(out_of_range("set_len beyond the mapping's capacity", new, 0, self.geo.capacity));
+            return Err(out_of_range(
+                "set_len beyond the mapping's capacity",
+                new,
+                0,
+                self.geo.capacity,
+            ));
         }
         let _layout = self.layout_exclusive();
         let mut flags = self.lock_flags();
@@ -62,7 +67,10 @@ impl Engine {
         self.store.set_len(new)?;
         flags.set_eof(new);
         flags.forget_allocated(new.div_ceil(self.geo.block)..u64::MAX);
-        let dead = flags.resident_pages(new.div_ceil(self.geo.page)..old.div_ceil(self.geo.page), |_, _| true);
+        let dead = flags.resident_pages(
+            new.div_ceil(self.geo.page)..old.div_ceil(self.geo.page),
+            |_, _| true,
+        );
         self.discard(flags, &dead)?;
         let page = self.geo.page_of(new);
         let within = new % self.geo.page;
@@ -89,7 +97,14 @@ impl Engine {
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= self.geo.capacity)
-            .ok_or_else(|| out_of_range("punch_hole beyond the mapping's capacity", offset, len, self.geo.capacity))?;
+            .ok_or_else(|| {
+                out_of_range(
+                    "punch_hole beyond the mapping's capacity",
+                    offset,
+                    len,
+                    self.geo.capacity,
+                )
+            })?;
         let _layout = self.layout_exclusive();
         let mut flags = self.lock_flags();
         let eof = flags.eof();
@@ -98,7 +113,11 @@ impl Engine {
             return Ok(());
         }
         // The block holding EOF may go whole if the hole reaches EOF.
-        let reach = if end == eof { eof.div_ceil(self.geo.block) * self.geo.block } else { end };
+        let reach = if end == eof {
+            eof.div_ceil(self.geo.block) * self.geo.block
+        } else {
+            end
+        };
         let holes = self.geo.blocks_inside(&(offset..reach));
         if !holes.is_empty() {
             self.store.deallocate(holes.clone())?;
@@ -123,10 +142,7 @@ impl Engine {
             return Ok(());
         }
         let part = intersect(zero, &bytes);
-        let touches_data = self
-            .geo
-            .blocks_overlapping(&part)
-            .any(|b| flags.is_allocated(b));
+        let touches_data = self.geo.blocks_overlapping(&part).any(|b| flags.is_allocated(b));
         if flags.residency(page) == Residency::Absent && !touches_data {
             return Ok(());
         }

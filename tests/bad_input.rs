@@ -11,7 +11,10 @@ use mkwrite::{Error, FileStore, Mapping, MappingOptions, MemStore, QuotaStore, S
 fn map_64k() -> Mapping {
     let store = MemStore::new(1024, 1024).unwrap();
     store.set_len(10_000).unwrap();
-    MappingOptions::new().capacity(64 * 1024).map_store(store).unwrap()
+    MappingOptions::new()
+        .capacity(64 * 1024)
+        .map_store(store)
+        .unwrap()
 }
 
 fn out_of_range<T: std::fmt::Debug>(r: Result<T, Error>) -> bool {
@@ -25,9 +28,15 @@ fn block_sizes_must_be_powers_of_two_in_range() {
     }
     let fs = Mount::tmpfs(1 << 20);
     let store = FileStore::create(fs.path("f")).unwrap();
-    assert!(matches!(store.with_block_size(1536), Err(Error::InvalidBlockSize(1536))));
+    assert!(matches!(
+        store.with_block_size(1536),
+        Err(Error::InvalidBlockSize(1536))
+    ));
     let store = MemStore::new(1024, 4).unwrap();
-    let err = MappingOptions::new().block_size(12345).map_store(store).unwrap_err();
+    let err = MappingOptions::new()
+        .block_size(12345)
+        .map_store(store)
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidBlockSize(12345)));
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
@@ -37,7 +46,16 @@ fn capacity_below_length_is_refused() {
     let store = MemStore::new(4096, 4).unwrap();
     store.set_len(1 << 20).unwrap();
     let err = MappingOptions::new().capacity(4096).map_store(store).unwrap_err();
-    assert!(matches!(err, Error::CapacityBelowLength { capacity: 4096, len: 1048576 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::CapacityBelowLength {
+                capacity: 4096,
+                len: 1048576
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -53,7 +71,10 @@ fn ranges_outside_the_file_or_capacity_are_typed_errors() {
     assert!(matches!(e.error, Error::OutOfRange { .. }), "{e}");
     assert_eq!(e.done, 4288, "bytes up to the end of the EOF page landed");
     let mut buf = [0u8; 10];
-    assert!(matches!(map.read(20_000, &mut buf).unwrap_err().error, Error::OutOfRange { .. }));
+    assert!(matches!(
+        map.read(20_000, &mut buf).unwrap_err().error,
+        Error::OutOfRange { .. }
+    ));
     assert!(out_of_range(map.reserve(9_000, 2_000).map_err(|e| e.error)));
     assert!(out_of_range(map.reserve(u64::MAX, 2).map_err(|e| e.error)));
     assert!(out_of_range(map.set_len(cap + 1)));
@@ -74,19 +95,29 @@ fn read_only_files_are_refused() {
     std::fs::write(&path, b"data").unwrap();
     let err = FileStore::from_file(File::open(&path).unwrap(), Some(path.clone())).unwrap_err();
     assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
-    let status = Command::new("mount").args(["-o", "remount,ro"]).arg(fs.dir.path()).status().unwrap();
+    let status = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(fs.dir.path())
+        .status()
+        .unwrap();
     assert!(status.success());
     let err = Mapping::open(&path).unwrap_err();
     assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
-    let err = MappingOptions::new().create(true).open(fs.path("new")).unwrap_err();
+    let err = MappingOptions::new()
+        .create(true)
+        .open(fs.path("new"))
+        .unwrap_err();
     assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
 }
 
 #[test]
 fn missing_files_are_io_errors() {
     let err = Mapping::open("/nonexistent/mkwrite/file").unwrap_err();
-    assert!(matches!(&err, Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound), "{err}");
+    assert!(
+        matches!(&err, Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound),
+        "{err}"
+    );
 }
 
 #[test]

@@ -22,11 +22,13 @@ fn write_raw(base: usize, offset: usize, data: &[u8]) {
     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), (base as *mut u8).add(offset), data.len()) };
 }
 
-fn round(map: &Mapping, model: &mut Vec<u8>, round: u8, rng: &mut StdRng) {
+fn round(map: &Mapping, model: &mut [u8], round: u8, rng: &mut StdRng) {
     let base = map.as_ptr() as usize;
     let shared_at = THREADS * SLOT;
     let barrier = Barrier::new(THREADS + 1);
-    let values: Vec<u8> = (0..THREADS).map(|t| round.wrapping_mul(16).wrapping_add(t as u8 + 1)).collect();
+    let values: Vec<u8> = (0..THREADS)
+        .map(|t| round.wrapping_mul(16).wrapping_add(t as u8 + 1))
+        .collect();
     let seeds: Vec<u64> = (0..THREADS).map(|_| rng.random()).collect();
     thread::scope(|s| {
         for t in 0..THREADS {
@@ -86,7 +88,11 @@ fn eight_threads_with_flushes_and_set_len_match_the_model() {
         for r in 0..6u8 {
             round(&map, &mut model, r, &mut rng);
             map.flush().unwrap();
-            assert_eq!(read_file(&path), model, "block {block} round {r}: file after flush");
+            assert_eq!(
+                read_file(&path),
+                model,
+                "block {block} round {r}: file after flush"
+            );
             map.check_invariants().unwrap();
             // Shrink to a random unaligned length and grow back: the tail is zero.
             let cut = rng.random_range(1..full);
@@ -123,7 +129,11 @@ fn several_mappings_fault_at_once() {
                 let map = map.clone();
                 s.spawn(move || {
                     let half = 512 * 1024;
-                    write_raw(map.as_ptr() as usize, t * half, &vec![(i * 2 + t + 1) as u8; half]);
+                    write_raw(
+                        map.as_ptr() as usize,
+                        t * half,
+                        &vec![(i * 2 + t + 1) as u8; half],
+                    );
                     map.flush().unwrap();
                 });
             }

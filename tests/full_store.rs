@@ -48,8 +48,15 @@ fn check_accepted(map: Mapping, accepted: u64, path: Option<&Path>, store_bytes:
     };
     let expected = pattern(7, file.len());
     let accepted = accepted as usize;
-    assert_eq!(&file[..accepted], &expected[..accepted], "accepted bytes must all be in the file");
-    assert!(file[accepted..].iter().all(|&b| b == 0), "nothing past the failure may reach the file");
+    assert_eq!(
+        &file[..accepted],
+        &expected[..accepted],
+        "accepted bytes must all be in the file"
+    );
+    assert!(
+        file[accepted..].iter().all(|&b| b == 0),
+        "nothing past the failure may reach the file"
+    );
 }
 
 fn is_nospace(e: &Error) -> bool {
@@ -69,7 +76,10 @@ fn tmpfs_fills_up_at_the_fault_for_every_block_size() {
         store.set_len(4 << 20).unwrap();
         let map = MappingOptions::new().capacity(8 << 20).map_store(store).unwrap();
         let accepted = fill_until_full(&map, is_nospace);
-        assert!(accepted <= 1 << 20, "block {block}: tmpfs holds at most 1 MiB, accepted {accepted}");
+        assert!(
+            accepted <= 1 << 20,
+            "block {block}: tmpfs holds at most 1 MiB, accepted {accepted}"
+        );
         check_accepted(map, accepted, Some(&path), Vec::new);
     }
 }
@@ -122,7 +132,10 @@ fn mem_store_fills_up_for_every_block_size() {
     for block in BLOCK_SIZES {
         let store = std::sync::Arc::new(MemStore::new(block, (256 << 10) / block).unwrap());
         store.set_len(1 << 20).unwrap();
-        let map = MappingOptions::new().capacity(1 << 20).map_store(store.clone()).unwrap();
+        let map = MappingOptions::new()
+            .capacity(1 << 20)
+            .map_store(store.clone())
+            .unwrap();
         let accepted = fill_until_full(&map, is_nospace);
         assert_eq!(accepted, 256 << 10, "block {block}");
         check_accepted(map, accepted, None, || store.contents());

@@ -11,7 +11,12 @@ use mkwrite::{FullAction, MappingOptions, MemStore, OnFull, QuotaStore, Store};
 const KIB: u64 = 1024;
 
 /// Raw writes through the mapping's memory from another thread.
-fn spawn_raw_writer(base: usize, offset: usize, data: Vec<u8>, done: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+fn spawn_raw_writer(
+    base: usize,
+    offset: usize,
+    data: Vec<u8>,
+    done: Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         // SAFETY: `base` is the mapping's memory, alive until the test joins
         // this thread; the bytes written are within the file.
@@ -23,7 +28,10 @@ fn spawn_raw_writer(base: usize, offset: usize, data: Vec<u8>, done: Arc<AtomicB
 fn wait_until(what: &str, cond: impl Fn() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(5));
     }
 }
@@ -44,16 +52,25 @@ fn a_waiting_writer_resumes_after_a_hole_frees_space() {
     let writer = spawn_raw_writer(map.as_ptr() as usize, 16384, vec![9; 100], done.clone());
     wait_until("the writer to park", || map.stats().faults_parked >= 1);
     thread::sleep(Duration::from_millis(100));
-    assert!(!done.load(Ordering::SeqCst), "the writer must wait while the store is full");
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "the writer must wait while the store is full"
+    );
 
     map.punch_hole(0, 4096).unwrap(); // frees 4 blocks and rings the handler
     writer.join().unwrap();
     assert!(done.load(Ordering::SeqCst));
     map.flush().unwrap();
     let bytes = store.contents();
-    assert!(bytes[16384..16484].iter().all(|&b| b == 9), "the waiting writer's bytes landed");
+    assert!(
+        bytes[16384..16484].iter().all(|&b| b == 9),
+        "the waiting writer's bytes landed"
+    );
     assert!(bytes[..4096].iter().all(|&b| b == 0));
-    assert!(bytes[4096..8192].iter().all(|&b| b == 1), "nothing written before was lost");
+    assert!(
+        bytes[4096..8192].iter().all(|&b| b == 1),
+        "nothing written before was lost"
+    );
     map.check_invariants().unwrap();
 }
 
@@ -97,9 +114,15 @@ fn a_callback_chooses_to_retry_after_freeing_space() {
             FullAction::Retry
         })
     };
-    let map = MappingOptions::new().capacity(64 * KIB).on_full(policy).map_store(quota.clone()).unwrap();
+    let map = MappingOptions::new()
+        .capacity(64 * KIB)
+        .on_full(policy)
+        .map_store(quota.clone())
+        .unwrap();
     let done = Arc::new(AtomicBool::new(false));
-    spawn_raw_writer(map.as_ptr() as usize, 0, vec![5; 8000], done.clone()).join().unwrap();
+    spawn_raw_writer(map.as_ptr() as usize, 0, vec![5; 8000], done.clone())
+        .join()
+        .unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     map.flush().unwrap();
     assert!(quota.inner().contents()[..8000].iter().all(|&b| b == 5));

@@ -22,8 +22,14 @@ fn main() {
     let tests: [(&str, fn()); 4] = [
         ("sigbus_when_full_loses_nothing_accepted", sigbus_when_full),
         ("sigbus_past_eof", sigbus_past_eof),
-        ("sigbus_carries_the_fault_address", sigbus_carries_the_fault_address),
-        ("userfaultfd_refused_then_fallback", userfaultfd_refused_then_fallback),
+        (
+            "sigbus_carries_the_fault_address",
+            sigbus_carries_the_fault_address,
+        ),
+        (
+            "userfaultfd_refused_then_fallback",
+            userfaultfd_refused_then_fallback,
+        ),
     ];
     let mut failed = 0;
     for (name, test) in tests {
@@ -53,8 +59,14 @@ fn sigbus_when_full() {
     assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{out:?}");
     let file = read_file(&path);
     assert_eq!(file.len(), 64 * 1024);
-    assert!(file[..4096].iter().all(|&b| b == 0xAB), "the flushed page survived");
-    assert!(file[4096..].iter().all(|&b| b == 0), "the failed write reached nothing");
+    assert!(
+        file[..4096].iter().all(|&b| b == 0xAB),
+        "the flushed page survived"
+    );
+    assert!(
+        file[4096..].iter().all(|&b| b == 0),
+        "the failed write reached nothing"
+    );
 }
 
 fn sigbus_past_eof() {
@@ -77,8 +89,14 @@ fn userfaultfd_refused_then_fallback() {
     std::fs::write(sysctl, saved.trim()).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(stdout.contains("refused: cannot create a userfaultfd: not permitted"), "{stdout}");
-    assert!(stdout.contains("vm.unprivileged_userfaultfd=1"), "the error says what to do: {stdout}");
+    assert!(
+        stdout.contains("refused: cannot create a userfaultfd: not permitted"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("vm.unprivileged_userfaultfd=1"),
+        "the error says what to do: {stdout}"
+    );
     assert!(stdout.contains("fallback: UserModeOnly ok"), "{stdout}");
 }
 
@@ -113,7 +131,10 @@ fn child(case: &str) {
         "past_eof" => {
             let store = MemStore::new(4096, 16).unwrap();
             store.set_len(4096).unwrap();
-            let map = MappingOptions::new().capacity(64 * 1024).map_store(store).unwrap();
+            let map = MappingOptions::new()
+                .capacity(64 * 1024)
+                .map_store(store)
+                .unwrap();
             // SAFETY: inside the reservation, but a page wholly past EOF.
             let byte = unsafe { map.as_ptr().add(8192).read_volatile() };
             unreachable!("read {byte} past EOF");

@@ -11,7 +11,10 @@ use mkwrite::{FileStore, Mapping, MappingOptions, MemStore, Stats, Store};
 fn mem_map(block: u64, len: u64) -> (Mapping, Arc<MemStore>) {
     let store = Arc::new(MemStore::new(block, 4096).unwrap());
     store.set_len(len).unwrap();
-    let map = MappingOptions::new().capacity(1 << 20).map_store(store.clone()).unwrap();
+    let map = MappingOptions::new()
+        .capacity(1 << 20)
+        .map_store(store.clone())
+        .unwrap();
     (map, store)
 }
 
@@ -26,7 +29,11 @@ fn peek(map: &Mapping, offset: usize) -> u8 {
 }
 
 fn faults(s: &Stats) -> (u64, u64, u64) {
-    (s.faults_missing_read, s.faults_missing_write, s.faults_write_protect)
+    (
+        s.faults_missing_read,
+        s.faults_missing_write,
+        s.faults_write_protect,
+    )
 }
 
 #[test]
@@ -38,16 +45,28 @@ fn rule_1_a_read_then_a_write_faults_twice_and_flush_rearms_the_trap() {
         assert_eq!(faults(&map.stats()), (1, 0, 0), "block {block}: read fills");
         assert_eq!(map.stats().allocations, 0, "a read allocates nothing");
         poke(&map, 100, 1);
-        assert_eq!(faults(&map.stats()), (1, 0, 1), "block {block}: first write to a clean page traps");
+        assert_eq!(
+            faults(&map.stats()),
+            (1, 0, 1),
+            "block {block}: first write to a clean page traps"
+        );
         assert_eq!(map.stats().allocations, page_blocks);
         poke(&map, 200, 2);
         assert_eq!(faults(&map.stats()), (1, 0, 1), "a writable page writes free");
         map.flush().unwrap();
         poke(&map, 300, 3);
-        assert_eq!(faults(&map.stats()), (1, 0, 2), "block {block}: after flush the next write traps again");
+        assert_eq!(
+            faults(&map.stats()),
+            (1, 0, 2),
+            "block {block}: after flush the next write traps again"
+        );
         assert_eq!(map.stats().allocations, page_blocks, "and needs no new block");
         poke(&map, 8192, 4);
-        assert_eq!(faults(&map.stats()), (1, 1, 2), "a first touch by a write does both in one step");
+        assert_eq!(
+            faults(&map.stats()),
+            (1, 1, 2),
+            "a first touch by a write does both in one step"
+        );
         map.check_invariants().unwrap();
     }
 }
@@ -62,18 +81,36 @@ fn rule_5_and_6_growing_zeroes_the_old_tail_and_reprotects() {
         }
         assert_eq!(peek(&map, 1050), b'p');
         map.flush().unwrap();
-        assert_eq!(store.contents().len(), 1000, "bytes past EOF never reach the store");
+        assert_eq!(
+            store.contents().len(),
+            1000,
+            "bytes past EOF never reach the store"
+        );
         poke(&map, 0, 8); // writable again after the flush's protect
         let before = map.stats();
         map.set_len(5000).unwrap();
-        assert_eq!(peek(&map, 1050), 0, "block {block}: grown-over bytes read as zero");
+        assert_eq!(
+            peek(&map, 1050),
+            0,
+            "block {block}: grown-over bytes read as zero"
+        );
         poke(&map, 2000, 9);
         let after = map.stats();
         if block < 4096 {
-            assert_eq!(after.faults_write_protect, before.faults_write_protect + 1, "block {block}: re-protected");
-            assert!(after.allocations > before.allocations, "block {block}: new blocks allocated");
+            assert_eq!(
+                after.faults_write_protect,
+                before.faults_write_protect + 1,
+                "block {block}: re-protected"
+            );
+            assert!(
+                after.allocations > before.allocations,
+                "block {block}: new blocks allocated"
+            );
         } else {
-            assert_eq!(after.allocations, before.allocations, "block {block}: the page's block was whole already");
+            assert_eq!(
+                after.allocations, before.allocations,
+                "block {block}: the page's block was whole already"
+            );
         }
         map.flush().unwrap();
         let file = store.contents();
@@ -170,7 +207,11 @@ fn an_existing_file_opens_with_its_data_and_allocation() {
     map.read(0, &mut back).unwrap();
     assert_eq!(back, pattern(4, 100_000));
     map.write(50_000, b"hello").unwrap();
-    assert_eq!(map.stats().allocations, 0, "already allocated blocks are not allocated again");
+    assert_eq!(
+        map.stats().allocations,
+        0,
+        "already allocated blocks are not allocated again"
+    );
     map.close().unwrap();
     let mut expect = pattern(4, 100_000);
     expect[50_000..50_005].copy_from_slice(b"hello");

@@ -39,14 +39,23 @@ fn raw_write(ptr: *mut u8, offset: usize, data: &[u8]) {
 fn check_bytes(file: &[u8]) {
     assert_eq!(file[0], b'a');
     assert!(file[1..1024].iter().all(|&b| b == b'x'));
-    assert!(file[1024..1124].iter().all(|&b| b == 0), "the 'y's past the old EOF must be zeroed");
+    assert!(
+        file[1024..1124].iter().all(|&b| b == 0),
+        "the 'y's past the old EOF must be zeroed"
+    );
     assert!(file[1124..2048].iter().all(|&b| b == 0));
     assert!(file[2048..2058].iter().all(|&b| b == b'z'));
 }
 
 /// The same scenario through the kernel's own MAP_SHARED mapping.
 fn scenario_on_kernel(path: &Path) {
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
     file.write_all_at(&[b'x'; 1024], 0).unwrap();
     // SAFETY: the file is private to this test and is not truncated below 4096
     // bytes while mapped except by this very scenario, which only touches the
@@ -65,8 +74,16 @@ fn seed_000_on_ext4_1k_matches_the_kernel() {
     let fs = Mount::ext4(16 << 20, 1024);
 
     let ours = fs.path("mkwrite.dat");
-    let map = MappingOptions::new().create(true).capacity(1 << 20).open(&ours).unwrap();
-    assert_eq!(map.block_size(), 1024, "FileStore takes the filesystem's block size");
+    let map = MappingOptions::new()
+        .create(true)
+        .capacity(1 << 20)
+        .open(&ours)
+        .unwrap();
+    assert_eq!(
+        map.block_size(),
+        1024,
+        "FileStore takes the filesystem's block size"
+    );
     scenario_on_mkwrite(map);
 
     let theirs = fs.path("kernel.dat");
@@ -77,7 +94,10 @@ fn seed_000_on_ext4_1k_matches_the_kernel() {
     assert_eq!(ours.len(), 10000);
     check_bytes(&ours);
     check_bytes(&theirs);
-    assert_eq!(ours, theirs, "mkwrite and the kernel (ext4, 1 KiB blocks) disagree");
+    assert_eq!(
+        ours, theirs,
+        "mkwrite and the kernel (ext4, 1 KiB blocks) disagree"
+    );
 }
 
 #[test]
@@ -85,7 +105,10 @@ fn seed_000_on_every_block_size() {
     for block in BLOCK_SIZES {
         let store = MemStore::new(block, 1024).unwrap();
         let shared = std::sync::Arc::new(store);
-        let map = MappingOptions::new().capacity(1 << 20).map_store(shared.clone()).unwrap();
+        let map = MappingOptions::new()
+            .capacity(1 << 20)
+            .map_store(shared.clone())
+            .unwrap();
         scenario_on_mkwrite(map);
         let bytes = shared.contents();
         assert_eq!(bytes.len(), 10000, "block {block}");

@@ -103,7 +103,10 @@ impl FileStore {
     }
 
     fn bytes(&self, blocks: &Range<u64>) -> (u64, u64) {
-        (blocks.start * self.block, (blocks.end - blocks.start) * self.block)
+        (
+            blocks.start * self.block,
+            (blocks.end - blocks.start) * self.block,
+        )
     }
 
     fn lock_resize(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -182,7 +185,11 @@ impl Store for FileStore {
         if self.dir_dirty.swap(false, Ordering::SeqCst)
             && let Some(dir) = self.path.as_ref().and_then(|p| p.parent())
         {
-            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
             if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
                 self.dir_dirty.store(true, Ordering::SeqCst);
                 return Err(e);

@@ -90,12 +90,10 @@ impl Store for MemStore {
         let mut inner = self.lock();
         let visible = inner.len.saturating_sub(offset).min(data.len() as u64) as usize;
         let mut result = Ok(());
-        self.pieces(offset, visible, |block, at, range| match inner.blocks.get_mut(&block) {
-            Some(dst) => dst[at..at + range.len()].copy_from_slice(&data[range]),
-            None => {
-                result = Err(io::Error::other(format!(
-                    "write to unallocated block {block}"
-                )))
+        self.pieces(offset, visible, |block, at, range| {
+            match inner.blocks.get_mut(&block) {
+                Some(dst) => dst[at..at + range.len()].copy_from_slice(&data[range]),
+                None => result = Err(io::Error::other(format!("write to unallocated block {block}"))),
             }
         });
         result
@@ -129,7 +127,7 @@ impl Store for MemStore {
         if len < inner.len {
             let kept = len.div_ceil(self.block);
             inner.blocks.retain(|&b, _| b < kept);
-            if len % self.block != 0
+            if !len.is_multiple_of(self.block)
                 && let Some(last) = inner.blocks.get_mut(&(len / self.block))
             {
                 last[(len % self.block) as usize..].fill(0);

@@ -17,7 +17,12 @@ fn off(v: u64) -> io::Result<libc::off_t> {
 /// filesystem's own ENOSPC or EDQUOT comes back now rather than at writeback.
 #[doc(alias = "fallocate")]
 pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    fallocate(file.as_fd(), FallocateFlags::FALLOC_FL_KEEP_SIZE, off(offset)?, off(len)?)?;
+    fallocate(
+        file.as_fd(),
+        FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        off(offset)?,
+        off(len)?,
+    )?;
     Ok(())
 }
 

@@ -8,8 +8,8 @@ mod uffd;
 pub(crate) use file::{allocate, data_ranges, data_sync, fs_block_size, is_read_only, punch_hole};
 pub(crate) use memory::Region;
 pub(crate) use signal::send_sigbus;
-pub(crate) use uffd::{Fault, RawMsg, Uffd};
 pub use uffd::UffdOrigin;
+pub(crate) use uffd::{Fault, RawMsg, Uffd};
 
 use std::io;
 use std::os::fd::AsFd;

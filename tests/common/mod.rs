@@ -55,7 +55,10 @@ impl Mount {
             .args(["-q", "-F", "-m", "0", "-b", &block.to_string()])
             .arg(&image));
         let dir = TempDir::new().unwrap();
-        run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(dir.path()));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(dir.path()));
         Mount {
             dir,
             _image: Some(image_dir),
@@ -80,7 +83,9 @@ pub fn read_file(path: &Path) -> Vec<u8> {
 
 /// A byte pattern that differs per offset and seed, so misplaced bytes show.
 pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
 }
 
 fn effective_uid() -> u32 {

@@ -1,0 +1,113 @@
+//! `pager script FILE`: one command a line on stdin, one answer a line on
+//! stdout (flushed each time). See the README for the table of commands.
+
+use std::io::{BufRead, Write};
+
+use mkwrite::{Error, Mapping};
+use sha2::{Digest, Sha256};
+
+fn kind(e: &Error) -> &'static str {
+    match e {
+        Error::NoSpace(_) => "nospace",
+        Error::Quota(_) => "quota",
+        Error::OutOfRange { .. } => "range",
+        Error::InvalidBlockSize(_) | Error::CapacityBelowLength { .. } => "invalid",
+        _ => "io",
+    }
+}
+
+fn err(e: &Error, done: usize) -> String {
+    format!("err {} {done}", kind(e))
+}
+
+fn unit(r: mkwrite::Result<()>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => err(&e, 0),
+    }
+}
+
+fn partial(r: Result<(), mkwrite::PartialError>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => err(&e.error, e.done),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Answers one line; `None` for blank lines and comments.
+pub fn answer(map: &Mapping, line: &str) -> Option<String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let num = |i: usize| words.get(i).and_then(|w| super::setup::parse_size(w).ok());
+    let reply = match (words[0], words.len()) {
+        ("fill", 4) => match (num(1), num(2), words[3].parse::<u8>()) {
+            (Some(off), Some(len), Ok(byte)) if len <= 1 << 30 => {
+                partial(map.write(off, &vec![byte; len as usize]))
+            }
+            _ => return Some("err invalid 0".into()),
+        },
+        ("read", 3) => match (num(1), num(2)) {
+            (Some(off), Some(len)) if len <= 1 << 30 => {
+                let mut buf = vec![0u8; len as usize];
+                match map.read(off, &mut buf) {
+                    Ok(()) => format!("ok {}", hex(&Sha256::digest(&buf))),
+                    Err(e) => err(&e.error, 0),
+                }
+            }
+            _ => return Some("err invalid 0".into()),
+        },
+        ("setlen", 2) => match num(1) {
+            Some(len) => unit(map.set_len(len)),
+            None => return Some("err invalid 0".into()),
+        },
+        ("punch", 3) => match (num(1), num(2)) {
+            (Some(off), Some(len)) => unit(map.punch_hole(off, len)),
+            _ => return Some("err invalid 0".into()),
+        },
+        ("reserve", 3) => match (num(1), num(2)) {
+            (Some(off), Some(len)) => partial(map.reserve(off, len)),
+            _ => return Some("err invalid 0".into()),
+        },
+        ("flush", 1) => unit(map.flush()),
+        ("evict", 1) => unit(map.evict()),
+        ("len", 1) => format!("ok {}", map.len()),
+        ("stat", 1) => {
+            let s = map.stats();
+            format!(
+                "ok len={} block_size={} blocks_allocated={} pages_resident={} pages_dirty={} \
+                 faults_missing={} faults_wp={} flushes={}",
+                s.len,
+                s.block_size,
+                s.blocks_allocated,
+                s.pages_resident,
+                s.pages_dirty,
+                s.faults_missing_read + s.faults_missing_write,
+                s.faults_write_protect,
+                s.flushes
+            )
+        }
+        _ => "err invalid 0".into(),
+    };
+    Some(reply)
+}
+
+pub fn run(map: &Mapping) {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        if let Some(reply) = answer(map, &line) {
+            // A closed stdout ends the session; there is nobody left to answer.
+            if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() {
+                break;
+            }
+        }
+    }
+}
