@@ -61,3 +61,8 @@ pub use options::{DEFAULT_CAPACITY, FullAction, FullFault, MappingOptions, OnFul
 pub use stats::Stats;
 pub use store::{FileStore, MemStore, QuotaStore, Store};
 pub use sys::UffdOrigin;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
