@@ -4,7 +4,9 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -46,7 +48,11 @@ fn main() {
 }
 
 fn run_child(case: &str, path: &str, configure: impl FnOnce(&mut Command)) -> Output {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    run_child_exe(&std::env::current_exe().unwrap(), case, path, configure)
+}
+
+fn run_child_exe(exe: &Path, case: &str, path: &str, configure: impl FnOnce(&mut Command)) -> Output {
+    let mut cmd = Command::new(exe);
     cmd.env(CHILD, case).env(PATH, path);
     configure(&mut cmd);
     cmd.output().unwrap()
@@ -83,7 +89,14 @@ fn userfaultfd_refused_then_fallback() {
     let sysctl = "/proc/sys/vm/unprivileged_userfaultfd";
     let saved = std::fs::read_to_string(sysctl).unwrap();
     std::fs::write(sysctl, "0").unwrap();
-    let out = run_child("unprivileged", "", |cmd| {
+    // The build tree may be private to root; give the unprivileged child its own copy.
+    let public = tempfile::TempDir::new().unwrap();
+    let exe = public.path().join("child");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    for p in [public.path(), exe.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = run_child_exe(&exe, "unprivileged", "", |cmd| {
         cmd.uid(65534).gid(65534).current_dir("/");
     });
     std::fs::write(sysctl, saved.trim()).unwrap();
