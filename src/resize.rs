@@ -42,22 +42,25 @@ impl Engine {
     /// must read as zero. Rule 6: if that page now needs blocks it lacks, it is
     /// protected again so its next write allocates them.
     fn grow(&self, flags: &mut Flags, old: u64, new: u64) -> Result<()> {
-        self.store.set_len(new)?;
-        flags.set_eof(new);
         let page = self.geo.page_of(old);
         let within = old % self.geo.page;
-        if within == 0 || flags.residency(page) == Residency::Absent {
+        let straddles = within != 0 && flags.residency(page) != Residency::Absent;
+        if straddles {
+            // Protect first: a concurrent writer now faults and waits for the
+            // flags lock, so no byte can land in the tail between the zeroing
+            // below and EOF moving, where no block would be allocated for it.
+            self.protect(flags, &[page])?;
+        }
+        self.store.set_len(new)?;
+        flags.set_eof(new);
+        if !straddles {
             return Ok(());
         }
         let tail = within..(new - page * self.geo.page).min(self.geo.page);
-        if self.is_zero(page, &tail) {
-            if flags.missing_blocks(page).is_some() {
-                self.protect(flags, &[page])?;
-            }
-            return Ok(());
+        if !self.is_zero(page, &tail) {
+            let tail = tail.start as usize..tail.end as usize;
+            self.rewrite(flags, page, false, |buf| buf[tail].fill(0))?;
         }
-        let tail = tail.start as usize..tail.end as usize;
-        self.rewrite(flags, page, false, |buf| buf[tail].fill(0))?;
         Ok(())
     }
 

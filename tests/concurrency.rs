@@ -146,3 +146,41 @@ fn several_mappings_fault_at_once() {
         assert!(file[512 * 1024..].iter().all(|&b| b == (i * 2 + 2) as u8));
     }
 }
+
+#[test]
+fn writes_racing_set_len_all_reach_the_file() {
+    // A writer hammers the EOF page while EOF moves between 1000 and 5000: every
+    // byte it lands below EOF must have a block, so after a flush memory and
+    // file agree (a write between zeroing and re-protecting would be lost).
+    let fs = Mount::tmpfs(16 << 20);
+    for block in [512u64, 1024, 4096, 16384] {
+        let path = fs.path(&format!("race{block}"));
+        let store = FileStore::create(&path).unwrap().with_block_size(block).unwrap();
+        store.set_len(5000).unwrap();
+        let map = MappingOptions::new().capacity(1 << 20).map_store(store).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let mut v = 1u8;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    write_raw(map.as_ptr() as usize, 1000, &[v; 3096]);
+                    v = v.wrapping_add(1).max(1);
+                }
+            });
+            for _ in 0..300 {
+                map.set_len(1000).unwrap();
+                map.set_len(5000).unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        map.flush().unwrap();
+        let mut memory = vec![0u8; 5000];
+        map.read(0, &mut memory).unwrap();
+        assert_eq!(
+            read_file(&path),
+            memory,
+            "block {block}: memory and file differ after flush"
+        );
+        map.check_invariants().unwrap();
+    }
+}

@@ -204,3 +204,26 @@ fn write_cat_stat_and_a_full_store_exit_code() {
     assert_eq!(full.status.code(), Some(3), "{full:?}");
     assert!(String::from_utf8_lossy(&full.stderr).contains("quota"));
 }
+
+#[test]
+fn script_bytes_past_eof_are_accepted_and_zeroed_when_the_file_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("eof");
+    let answers = script(
+        &[file.to_str().unwrap(), "--block-size", "1024"],
+        "setlen 1000\nfill 1000 100 7\nread 1000 100\nfill 5000 1 7\nsetlen 2000\nread 1000 100\nflush\n",
+    );
+    assert_eq!(
+        answers,
+        [
+            "ok".to_string(),
+            "ok".into(),
+            format!("ok {}", sha(&[7; 100])),
+            "err range 0".into(),
+            "ok".into(),
+            format!("ok {}", sha(&[0; 100])),
+            "ok".into(),
+        ]
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), vec![0; 2000]);
+}
