@@ -307,3 +307,9 @@ impl Drop for Mapping {
         let _ = self.teardown();
     }
 }
+
+// The mapping is shared across threads by design; keep it that way.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Mapping>();
+};
