@@ -38,20 +38,10 @@ impl Engine {
         mut copy: impl FnMut(u64, Range<usize>),
     ) -> Result<(), PartialError> {
         let partial = |done: usize, error: Error| PartialError { done, error };
-        let end = offset
-            .checked_add(len as u64)
-            .filter(|&e| e <= self.geo.capacity)
-            .ok_or_else(|| {
-                partial(
-                    0,
-                    out_of_range(
-                        "beyond the mapping's capacity",
-                        offset,
-                        len as u64,
-                        self.geo.capacity,
-                    ),
-                )
-            })?;
+        let end = self
+            .geo
+            .end_within_capacity("beyond the mapping's capacity", offset, len as u64)
+            .map_err(|e| partial(0, e))?;
         if let Some(why) = self.handler_failure() {
             return Err(partial(0, Error::HandlerFailed(why)));
         }

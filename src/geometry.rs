@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, out_of_range};
 
 /// Smallest and largest block sizes a store may have.
 pub const MIN_BLOCK_SIZE: u64 = 512;
@@ -57,6 +57,15 @@ impl Geometry {
 
     pub fn block_bytes(&self, block: u64) -> Range<u64> {
         block * self.block..(block + 1) * self.block
+    }
+
+    /// The end of `[offset, offset + len)`, or `OutOfRange` naming `what` if it
+    /// overflows or reaches past the capacity.
+    pub fn end_within_capacity(&self, what: &'static str, offset: u64, len: u64) -> Result<u64> {
+        offset
+            .checked_add(len)
+            .filter(|&end| end <= self.capacity)
+            .ok_or_else(|| out_of_range(what, offset, len, self.capacity))
     }
 
     /// Pages that overlap `bytes`.

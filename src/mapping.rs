@@ -214,17 +214,7 @@ impl Mapping {
     /// [`flush`](Self::flush) for the pages overlapping `[offset, offset + len)`.
     pub fn flush_range(&self, offset: u64, len: u64) -> Result<()> {
         let geo = &self.engine.geo;
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= geo.capacity)
-            .ok_or_else(|| {
-                out_of_range(
-                    "flush_range beyond the mapping's capacity",
-                    offset,
-                    len,
-                    geo.capacity,
-                )
-            })?;
+        let end = geo.end_within_capacity("flush_range beyond the mapping's capacity", offset, len)?;
         self.engine.flush(geo.pages_overlapping(&(offset..end)))
     }
 

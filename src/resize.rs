@@ -97,17 +97,9 @@ impl Engine {
     /// wholly inside it in the store; partly covered blocks keep their space
     /// and get their zeros at the next flush.
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= self.geo.capacity)
-            .ok_or_else(|| {
-                out_of_range(
-                    "punch_hole beyond the mapping's capacity",
-                    offset,
-                    len,
-                    self.geo.capacity,
-                )
-            })?;
+        let end = self
+            .geo
+            .end_within_capacity("punch_hole beyond the mapping's capacity", offset, len)?;
         let _layout = self.layout_exclusive();
         let mut flags = self.lock_flags();
         let eof = flags.eof();
