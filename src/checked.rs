@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use crate::engine::{Access, Engine, Failure, Resolved};
+use crate::engine::{Access, Engine, Resolved};
 use crate::error::{Error, PartialError, out_of_range};
 
 impl Engine {
@@ -51,10 +51,8 @@ impl Engine {
             let resolved = {
                 let mut flags = self.lock_flags();
                 let eof = flags.eof();
-                self.resolve(&mut flags, page, access).map_err(|f| match f {
-                    Failure::PastEof => out_of_range("past the end of the file", offset, len as u64, eof),
-                    Failure::Full(e) => e,
-                    Failure::Io(e) => Error::Io(e),
+                self.resolve(&mut flags, page, access).map_err(|f| {
+                    f.into_error(|| out_of_range("past the end of the file", offset, len as u64, eof))
                 })
             };
             match resolved {

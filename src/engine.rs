@@ -76,6 +76,18 @@ pub(crate) enum Failure {
     Io(io::Error),
 }
 
+impl Failure {
+    /// The error a caller sees; `past_eof` builds the one for a page past EOF,
+    /// which only the caller can describe.
+    pub fn into_error(self, past_eof: impl FnOnce() -> Error) -> Error {
+        match self {
+            Failure::PastEof => past_eof(),
+            Failure::Full(e) => e,
+            Failure::Io(e) => Error::Io(e),
+        }
+    }
+}
+
 impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Failure {
         Failure::Io(e)

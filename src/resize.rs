@@ -1,20 +1,13 @@
 //! Changes to the file's layout: length (DESIGN rules 5 and 6), holes, and
 //! eviction of clean pages. Each holds the layout lock exclusively.
 
+use std::io;
 use std::ops::Range;
 
-use crate::engine::{Engine, Failure};
+use crate::engine::Engine;
 use crate::error::{Error, Result, out_of_range};
 use crate::flags::{Flags, Residency};
 use crate::geometry::intersect;
-
-fn failure(f: Failure) -> Error {
-    match f {
-        Failure::Full(e) => e,
-        Failure::Io(e) => Error::Io(e),
-        Failure::PastEof => Error::Io(std::io::Error::other("page past EOF")),
-    }
-}
 
 impl Engine {
     pub fn set_len(&self, new: u64) -> Result<()> {
@@ -174,7 +167,10 @@ impl Engine {
                 for b in run {
                     if let Err(f) = self.allocate(&mut flags, b..b + 1) {
                         let done = (b * self.geo.block).saturating_sub(offset).min(len);
-                        return Err((done, failure(f)));
+                        return Err((
+                            done,
+                            f.into_error(|| Error::Io(io::Error::other("reserve: page past EOF"))),
+                        ));
                     }
                 }
             }
