@@ -94,3 +94,8 @@ fn effective_uid() -> u32 {
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     line.split_whitespace().nth(2).unwrap().parse().unwrap()
 }
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the system; it has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}

@@ -1,0 +1,121 @@
+//! The kernel as oracle: random op sequences through mkwrite and through
+//! `mmap(MAP_SHARED)` on twin files, on tmpfs and on ext4 with 1 KiB and
+//! 4 KiB blocks, at every block size mkwrite supports from 512 B to 64 KiB.
+//!
+//! CI runs a fixed-seed slice (105,000 ops). The long run:
+//! `MKWRITE_FSX_OPS=1000000 cargo test --release --test differential -- --ignored`
+//! (the count is spread over the three filesystems; 1,000,000 by default).
+
+mod common;
+mod fsx;
+
+use common::{BLOCK_SIZES, Mount};
+use fsx::{Setup, Tally, campaign, kernel_keeps_tail};
+
+/// The CI slice: ops per filesystem and block size (3 x 5 x 7,000 = 105,000).
+const SLICE_OPS: u64 = 7_000;
+const SLICE_SEED: u64 = 0x6d6b_7772_6974_65;
+
+fn mount(fs: &str) -> Mount {
+    match fs {
+        "tmpfs" => Mount::tmpfs(256 << 20),
+        "ext4-1k" => Mount::ext4(128 << 20, 1024),
+        "ext4-4k" => Mount::ext4(128 << 20, 4096),
+        other => panic!("unknown filesystem {other}"),
+    }
+}
+
+/// Runs `ops` per block size on a fresh mount of `fs` and prints what was checked.
+fn differential(fs: &'static str, seed: u64, ops: u64) -> Tally {
+    let mount = mount(fs);
+    let keeps_tail = kernel_keeps_tail(mount.dir.path());
+    let mut total = Tally::default();
+    for block in BLOCK_SIZES {
+        let setup = Setup {
+            dir: mount.dir.path().to_owned(),
+            fs,
+            block,
+            kernel_keeps_tail: keeps_tail,
+        };
+        total += campaign(&setup, seed, ops);
+    }
+    println!(
+        "{fs}: {} ops, {} reads and {} file pairs compared; kernel keeps a polluted tail: {keeps_tail} \
+         ({} bytes judged by the shadow alone)",
+        total.ops, total.reads, total.file_compares, total.kernel_unjudged
+    );
+    assert!(total.ops >= ops * BLOCK_SIZES.len() as u64);
+    total
+}
+
+#[test]
+fn tmpfs_agrees_with_the_kernel() {
+    differential("tmpfs", SLICE_SEED, SLICE_OPS);
+}
+
+#[test]
+fn ext4_1k_agrees_with_the_kernel() {
+    differential("ext4-1k", SLICE_SEED, SLICE_OPS);
+}
+
+#[test]
+fn ext4_4k_agrees_with_the_kernel() {
+    differential("ext4-4k", SLICE_SEED, SLICE_OPS);
+}
+
+/// Ops per filesystem and block size for the long run.
+fn long_ops() -> u64 {
+    let total: u64 = std::env::var("MKWRITE_FSX_OPS")
+        .map(|v| v.parse().expect("MKWRITE_FSX_OPS is a count"))
+        .unwrap_or(1_000_000);
+    total.div_ceil(3 * BLOCK_SIZES.len() as u64)
+}
+
+/// A seed for the long run that differs from the slice's (and between runs
+/// when MKWRITE_FSX_SEED is given).
+fn long_seed() -> u64 {
+    std::env::var("MKWRITE_FSX_SEED").map_or(1, |v| v.parse().expect("MKWRITE_FSX_SEED is a number"))
+}
+
+#[test]
+#[ignore = "long run: MKWRITE_FSX_OPS ops (default 1,000,000)"]
+fn long_tmpfs() {
+    differential("tmpfs", long_seed(), long_ops());
+}
+
+#[test]
+#[ignore = "long run: MKWRITE_FSX_OPS ops (default 1,000,000)"]
+fn long_ext4_1k() {
+    differential("ext4-1k", long_seed(), long_ops());
+}
+
+#[test]
+#[ignore = "long run: MKWRITE_FSX_OPS ops (default 1,000,000)"]
+fn long_ext4_4k() {
+    differential("ext4-4k", long_seed(), long_ops());
+}
+
+/// Replays a log that a failure wrote: `MKWRITE_FSX_REPLAY=path`.
+#[test]
+#[ignore = "replays MKWRITE_FSX_REPLAY"]
+fn replay() {
+    let Ok(path) = std::env::var("MKWRITE_FSX_REPLAY") else {
+        panic!("set MKWRITE_FSX_REPLAY to a log that a failing run printed");
+    };
+    let (fs, block, ops) = fsx::read_log(path.as_ref());
+    let fs: &'static str = Box::leak(fs.into_boxed_str());
+    let mount = mount(fs);
+    let setup = Setup {
+        dir: mount.dir.path().to_owned(),
+        fs,
+        block,
+        kernel_keeps_tail: kernel_keeps_tail(mount.dir.path()),
+    };
+    for (at, op) in ops.iter().enumerate() {
+        println!("{at:4} {op}");
+    }
+    match fsx::run(&setup, &ops) {
+        Ok(tally) => println!("passes: {tally:?}"),
+        Err(failure) => panic!("fails at op {}: {}", failure.op, failure.message),
+    }
+}
