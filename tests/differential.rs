@@ -14,7 +14,7 @@ use fsx::{Setup, Tally, campaign, kernel_keeps_tail};
 
 /// The CI slice: ops per filesystem and block size (3 x 5 x 7,000 = 105,000).
 const SLICE_OPS: u64 = 7_000;
-const SLICE_SEED: u64 = 0x6d6b_7772_6974_65;
+const SLICE_SEED: u64 = 0x006d_6b77_7269_7465;
 
 fn mount(fs: &str) -> Mount {
     match fs {

@@ -284,7 +284,7 @@ impl<'a> Twin<'a> {
     /// before the size changes. DESIGN rule 5 says none of it may surface.
     /// Half the seeds leave the tail clean: the case with nothing to zero.
     fn pollute_tail(&mut self, seed: u8) -> Result<(), String> {
-        if seed % 2 == 0 {
+        if seed.is_multiple_of(2) {
             return Ok(());
         }
         let eof = self.eof();
