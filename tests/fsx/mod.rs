@@ -2,6 +2,8 @@
 //! and through the kernel's own shared mapping, judged against a plain
 //! buffer; a failing sequence is shrunk and written out as a replayable log.
 
+#![allow(dead_code)]
+
 pub mod ops;
 pub mod twin;
 
