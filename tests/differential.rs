@@ -10,7 +10,8 @@ mod common;
 mod fsx;
 
 use common::{BLOCK_SIZES, Mount};
-use fsx::{Setup, Tally, campaign, kernel_keeps_tail};
+use fsx::campaign;
+use fsx::twin::{Setup, Tally, kernel_keeps_tail};
 
 /// The CI slice: ops per filesystem and block size (3 x 5 x 7,000 = 105,000).
 const SLICE_OPS: u64 = 7_000;
@@ -114,7 +115,7 @@ fn replay() {
     for (at, op) in ops.iter().enumerate() {
         println!("{at:4} {op}");
     }
-    match fsx::run(&setup, &ops) {
+    match fsx::twin::run(&setup, &ops) {
         Ok(tally) => println!("passes: {tally:?}"),
         Err(failure) => panic!("fails at op {}: {}", failure.op, failure.message),
     }

@@ -9,8 +9,8 @@ pub mod twin;
 
 use std::path::{Path, PathBuf};
 
-pub use ops::{Generator, Op};
-pub use twin::{Setup, Tally, kernel_keeps_tail, run};
+use ops::{Generator, Op};
+use twin::{Setup, Tally, run};
 
 /// Ops per sequence: long enough to reach odd states, short enough to shrink.
 const SEQUENCE: usize = 200;
