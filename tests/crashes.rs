@@ -1,0 +1,327 @@
+//! Crashes: a child process writes and flushes a random workload and is
+//! killed with SIGKILL at a random moment. The file it leaves must hold, in
+//! every byte, its value at the last completed flush or a value written to it
+//! later (never pollution from past EOF, never anything else), at a length
+//! the file had; and mkwrite must reopen it.
+//!
+//! `harness = false`: the binary re-runs itself as the child. CI runs 50
+//! kills; `cargo test --release --test crashes -- --ignored` runs
+//! MKWRITE_CRASHES of them (1,000 by default).
+
+mod common;
+mod fsx;
+
+use std::io::{BufRead, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BLOCK_SIZES, Mount};
+use fsx::ops::{CAPACITY, Generator, Op, data};
+use mkwrite::{Mapping, MappingOptions};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const CHILD: &str = "MKWRITE_CRASH_CHILD";
+const OPS: usize = 400;
+const SLICE_KILLS: u64 = 50;
+
+fn main() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        let mut words = spec.split_whitespace();
+        let (path, seed, block) = (
+            words.next().unwrap(),
+            words.next().unwrap(),
+            words.next().unwrap(),
+        );
+        child(Path::new(path), seed.parse().unwrap(), block.parse().unwrap());
+        return;
+    }
+    let long = std::env::args().any(|a| a == "--ignored");
+    let kills = if long {
+        std::env::var("MKWRITE_CRASHES").map_or(1_000, |v| v.parse().expect("MKWRITE_CRASHES is a count"))
+    } else {
+        SLICE_KILLS
+    };
+    let seed = if long { 1 << 32 } else { 0 };
+    match std::panic::catch_unwind(|| crash_campaign(seed, kills)) {
+        Ok(()) => println!("test crashes ({kills} kills) ... ok"),
+        Err(_) => {
+            println!("test crashes ... FAILED");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn workload(seed: u64, block: u64) -> Vec<Op> {
+    Generator::new(seed, block, common::page_size()).sequence(OPS)
+}
+
+/// The child: runs the workload, saying on stdout which op it starts and
+/// which flushes completed.
+fn child(path: &Path, seed: u64, block: u64) {
+    let mut out = std::io::stdout().lock();
+    let mut say = |line: String| {
+        writeln!(out, "{line}").unwrap();
+        out.flush().unwrap();
+    };
+    let open = || {
+        MappingOptions::new()
+            .capacity(CAPACITY)
+            .block_size(block)
+            .open(path)
+            .unwrap()
+    };
+    let mut map = open();
+    let page = map.page_size();
+    for (at, op) in workload(seed, block).into_iter().enumerate() {
+        say(format!("start {at}"));
+        let eof = map.len();
+        match op {
+            Op::Write {
+                offset,
+                len,
+                seed,
+                raw,
+            } => write(&map, offset, len, seed, raw, eof.next_multiple_of(page)),
+            Op::SetLen { len, seed } => {
+                // Pollution past EOF that must never reach the file.
+                write(
+                    &map,
+                    eof,
+                    page,
+                    seed ^ 0x5A,
+                    seed % 2 == 1,
+                    eof.next_multiple_of(page),
+                );
+                map.set_len(len.min(CAPACITY)).unwrap();
+            }
+            Op::Punch { offset, len } => {
+                if let Some((offset, len)) = clip(offset, len, eof) {
+                    map.punch_hole(offset, len).unwrap();
+                }
+            }
+            Op::Reserve { offset, len } => {
+                if let Some((offset, len)) = clip(offset, len, eof) {
+                    map.reserve(offset, len).unwrap();
+                }
+            }
+            Op::Flush => {
+                map.flush().unwrap();
+                say(format!("flushed {at}"));
+            }
+            Op::FlushRange { offset, len } => {
+                if let Some((offset, len)) = clip(offset, len, CAPACITY) {
+                    map.flush_range(offset, len).unwrap();
+                }
+            }
+            Op::Evict => map.evict().unwrap(),
+            Op::Reopen => {
+                map.close().unwrap();
+                say(format!("flushed {at}"));
+                map = open();
+            }
+            Op::Read { .. } => {}
+        }
+    }
+    map.close().unwrap();
+    say(format!("flushed {OPS}"));
+}
+
+fn write(map: &Mapping, offset: u64, len: u64, seed: u8, raw: bool, limit: u64) {
+    let Some((offset, len)) = clip(offset, len, limit) else {
+        return;
+    };
+    let bytes = data(seed, offset, len);
+    if raw {
+        // SAFETY: `[offset, offset + len)` lies in the pages that hold the
+        // file (below EOF rounded up to a page), inside the mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.as_ptr().add(offset as usize), bytes.len())
+        }
+    } else {
+        map.write(offset, &bytes).unwrap();
+    }
+}
+
+fn clip(offset: u64, len: u64, limit: u64) -> Option<(u64, u64)> {
+    let end = offset.saturating_add(len).min(limit);
+    (offset < end).then(|| (offset, end - offset))
+}
+
+/// What the child reported before it died.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The last op it started, if any.
+    started: Option<usize>,
+    /// The op of the last flush (or close) that returned.
+    flushed: Option<usize>,
+}
+
+fn progress(stdout: &[u8]) -> Progress {
+    let mut p = Progress::default();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        let (what, at) = line.split_once(' ').unwrap();
+        let at = at.parse().unwrap();
+        match what {
+            "start" => p.started = Some(at),
+            "flushed" => p.flushed = Some(at),
+            other => panic!("child said {other:?}"),
+        }
+    }
+    p
+}
+
+/// Which values each byte may hold after the kill, and which lengths the file may have.
+struct Acceptable {
+    values: Vec<[u64; 4]>,
+    lengths: Vec<u64>,
+}
+
+impl Acceptable {
+    fn allow(&mut self, offset: usize, value: u8) {
+        self.values[offset][usize::from(value / 64)] |= 1 << (value % 64);
+    }
+
+    fn allows(&self, offset: usize, value: u8) -> bool {
+        self.values[offset][usize::from(value / 64)] & (1 << (value % 64)) != 0
+    }
+}
+
+/// Replays the workload on a plain buffer: the state at the last completed
+/// flush, then every value and length the ops after it could leave.
+fn acceptable(ops: &[Op], progress: &Progress) -> Acceptable {
+    let mut model: Vec<u8> = Vec::new();
+    let started = progress.started.map_or(0, |s| s + 1).min(ops.len());
+    let flushed = progress.flushed.map_or(0, |f| f + 1).min(started);
+    for &op in &ops[..flushed] {
+        apply(&mut model, op);
+    }
+    let mut ok = Acceptable {
+        values: vec![[0; 4]; CAPACITY as usize],
+        lengths: vec![model.len() as u64],
+    };
+    for (at, &value) in model.iter().enumerate() {
+        ok.allow(at, value);
+    }
+    for at in model.len()..CAPACITY as usize {
+        ok.allow(at, 0);
+    }
+    for &op in &ops[flushed..started] {
+        for at in apply(&mut model, op) {
+            let value = model.get(at).copied().unwrap_or(0);
+            ok.allow(at, value);
+        }
+        ok.lengths.push(model.len() as u64);
+    }
+    ok
+}
+
+/// Applies `op` to the model; returns the byte offsets whose value it may have changed.
+fn apply(model: &mut Vec<u8>, op: Op) -> std::ops::Range<usize> {
+    let eof = model.len() as u64;
+    match op {
+        Op::Write {
+            offset, len, seed, ..
+        } => {
+            let Some((offset, len)) = clip(offset, len, eof) else {
+                return 0..0;
+            };
+            let range = offset as usize..(offset + len) as usize;
+            model[range.clone()].copy_from_slice(&data(seed, offset, len));
+            range
+        }
+        Op::SetLen { len, .. } => {
+            let len = len.min(CAPACITY);
+            model.resize(len as usize, 0);
+            eof.min(len) as usize..eof.max(len) as usize
+        }
+        Op::Punch { offset, len } => {
+            let Some((offset, len)) = clip(offset, len, eof) else {
+                return 0..0;
+            };
+            let range = offset as usize..(offset + len) as usize;
+            model[range.clone()].fill(0);
+            range
+        }
+        _ => 0..0,
+    }
+}
+
+fn crash_campaign(seed: u64, kills: u64) {
+    let fs = Mount::ext4(128 << 20, 1024);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut window = Duration::ZERO;
+    let mut finished = 0;
+    let mut started_ops = Vec::new();
+    for kill in 0..=kills {
+        let block = BLOCK_SIZES[kill as usize % BLOCK_SIZES.len()];
+        let run_seed = seed + kill;
+        let path = fs.path(&format!("crash-{kill}"));
+        std::fs::File::create(&path).unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(CHILD, format!("{} {run_seed} {block}", path.display()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let began = Instant::now();
+        // The first run goes to the end and times the workload; the others
+        // are killed at a random moment within that time.
+        if kill > 0 {
+            std::thread::sleep(window.mul_f64(rng.random_range(0.0..0.9)));
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        if kill == 0 {
+            assert!(out.status.success(), "the uninterrupted child failed: {out:?}");
+            window = began.elapsed();
+        } else if out.status.signal() != Some(libc::SIGKILL) {
+            assert!(out.status.success(), "child {kill} failed: {out:?}");
+            finished += 1;
+        }
+        let progress = progress(&out.stdout);
+        if kill > 0 {
+            started_ops.push(progress.started.map_or(0, |s| s + 1));
+        }
+        verify(&path, run_seed, block, &progress);
+        std::fs::remove_file(&path).unwrap();
+    }
+    started_ops.sort();
+    println!(
+        "{kills} kills on ext4 (1 KiB blocks) over a {window:?} workload of {OPS} ops; \
+         ops started before the kill: min {}, median {}, max {}; {finished} children finished first",
+        started_ops[0],
+        started_ops[started_ops.len() / 2],
+        started_ops[started_ops.len() - 1]
+    );
+}
+
+/// The file the child left holds only acceptable bytes at an acceptable
+/// length, and mkwrite reopens it with the same bytes.
+fn verify(path: &Path, seed: u64, block: u64, progress: &Progress) {
+    let ok = acceptable(&workload(seed, block), progress);
+    let file = common::read_file(path);
+    let context = format!("seed {seed}, block {block}, {progress:?}");
+    assert!(
+        ok.lengths.contains(&(file.len() as u64)),
+        "{context}: length {} is none the file had since the last flush ({:?})",
+        file.len(),
+        ok.lengths
+    );
+    if let Some(at) = (0..file.len()).find(|&at| !ok.allows(at, file[at])) {
+        panic!(
+            "{context}: byte {at} is {:#04x}, a value it never had since the last flush",
+            file[at]
+        );
+    }
+    let map = MappingOptions::new().block_size(block).open(path).unwrap();
+    let mut reread = vec![0; file.len()];
+    map.read(0, &mut reread).unwrap();
+    assert!(
+        reread == file,
+        "{context}: the reopened mapping reads other bytes than the file"
+    );
+    map.close().unwrap();
+}
