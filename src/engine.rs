@@ -83,7 +83,7 @@ impl Failure {
         match self {
             Failure::PastEof => past_eof(),
             Failure::Full(e) => e,
-            Failure::Io(e) => Error::Io(e),
+            Failure::Io(e) => Error::from(e),
         }
     }
 }

@@ -74,9 +74,48 @@ pub enum Error {
     #[error("the fault handler failed: {0}")]
     HandlerFailed(String),
 
+    /// Another process truncated or extended the file underneath the
+    /// mapping. mkwrite writes nothing more to it, since that would bring
+    /// truncated data back; the dirty data stays in memory. Adopt a length
+    /// with [`Mapping::set_len`](crate::Mapping::set_len), then
+    /// [`evict`](crate::Mapping::evict) so clean pages reread the file, and
+    /// flush again.
+    #[error(
+        "the file's length changed underneath the mapping: expected {expected}, found {found} \
+         (another process truncated or extended it; set_len adopts a length)"
+    )]
+    LengthChanged {
+        /// The length the mapping gave the file.
+        expected: u64,
+        /// The length the file has now.
+        found: u64,
+    },
+
     /// Any other I/O error, kept as the kernel or the store returned it.
     #[error(transparent)]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+/// The payload a [`FileStore`](crate::FileStore) puts in an [`io::Error`] when
+/// the file's length is not the one it set; [`Error`] turns it into
+/// [`Error::LengthChanged`].
+#[derive(Debug, thiserror::Error)]
+#[error("the file's length changed underneath: expected {expected}, found {found}")]
+pub(crate) struct LengthChanged {
+    pub expected: u64,
+    pub found: u64,
+}
+
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Error {
+        match err
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<LengthChanged>())
+        {
+            Some(&LengthChanged { expected, found }) => Error::LengthChanged { expected, found },
+            None => Error::Io(err),
+        }
+    }
 }
 
 /// The crate's result type.
@@ -91,7 +130,7 @@ impl Error {
             _ => match err.kind() {
                 io::ErrorKind::StorageFull => Error::NoSpace(err),
                 io::ErrorKind::QuotaExceeded => Error::Quota(err),
-                _ => Error::Io(err),
+                _ => Error::from(err),
             },
         }
     }
@@ -107,7 +146,7 @@ impl Error {
             Error::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
             Error::Userfaultfd { source, .. } => source.kind(),
             Error::MissingFeature(_) => io::ErrorKind::Unsupported,
-            Error::HandlerFailed(_) => io::ErrorKind::Other,
+            Error::HandlerFailed(_) | Error::LengthChanged { .. } => io::ErrorKind::Other,
             Error::Io(e) => e.kind(),
         }
     }

@@ -27,7 +27,9 @@ impl Engine {
         } else if new < old {
             self.shrink(&mut flags, old, new)
         } else {
-            Ok(())
+            // Same length: still set it, so a file another process resized
+            // gets the mapping's length back (Error::LengthChanged).
+            Ok(self.store.set_len(new)?)
         }
     }
 

@@ -250,16 +250,23 @@ fn apply(model: &mut Vec<u8>, op: Op) -> std::ops::Range<usize> {
     }
 }
 
+/// Runs children until `kills` of them died by SIGKILL mid-workload; each
+/// one's file is verified, and so is the file of every child that finished.
 fn crash_campaign(seed: u64, kills: u64) {
     let fs = Mount::ext4(128 << 20, 1024);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut window = Duration::ZERO;
-    let mut finished = 0;
+    // The first run goes to the end and times the workload; later children
+    // are killed at a random moment within the shortest time one took.
+    let mut window = Duration::MAX;
+    let (mut killed, mut finished) = (0, 0);
     let mut started_ops = Vec::new();
-    for kill in 0..=kills {
-        let block = BLOCK_SIZES[kill as usize % BLOCK_SIZES.len()];
-        let run_seed = seed + kill;
-        let path = fs.path(&format!("crash-{kill}"));
+    for run in 0.. {
+        if killed == kills {
+            break;
+        }
+        let block = BLOCK_SIZES[run as usize % BLOCK_SIZES.len()];
+        let run_seed = seed + run;
+        let path = fs.path(&format!("crash-{run}"));
         std::fs::File::create(&path).unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env(CHILD, format!("{} {run_seed} {block}", path.display()))
@@ -267,31 +274,27 @@ fn crash_campaign(seed: u64, kills: u64) {
             .spawn()
             .unwrap();
         let began = Instant::now();
-        // The first run goes to the end and times the workload; the others
-        // are killed at a random moment within that time.
-        if kill > 0 {
-            std::thread::sleep(window.mul_f64(rng.random_range(0.0..0.9)));
+        if run > 0 {
+            std::thread::sleep(window.mul_f64(rng.random_range(0.0..1.0)));
             let _ = child.kill();
         }
         let out = child.wait_with_output().unwrap();
-        if kill == 0 {
-            assert!(out.status.success(), "the uninterrupted child failed: {out:?}");
-            window = began.elapsed();
-        } else if out.status.signal() != Some(libc::SIGKILL) {
-            assert!(out.status.success(), "child {kill} failed: {out:?}");
-            finished += 1;
-        }
         let progress = progress(&out.stdout);
-        if kill > 0 {
+        if out.status.signal() == Some(libc::SIGKILL) {
+            killed += 1;
             started_ops.push(progress.started.map_or(0, |s| s + 1));
+        } else {
+            assert!(out.status.success(), "child {run} failed: {out:?}");
+            finished += 1;
+            window = window.min(began.elapsed());
         }
         verify(&path, run_seed, block, &progress);
         std::fs::remove_file(&path).unwrap();
     }
     started_ops.sort();
     println!(
-        "{kills} kills on ext4 (1 KiB blocks) over a {window:?} workload of {OPS} ops; \
-         ops started before the kill: min {}, median {}, max {}; {finished} children finished first",
+        "{killed} children killed on ext4 (1 KiB blocks), {finished} more finished; \
+         a workload of {OPS} ops takes {window:?}; ops started before the kill: min {}, median {}, max {}",
         started_ops[0],
         started_ops[started_ops.len() / 2],
         started_ops[started_ops.len() - 1]

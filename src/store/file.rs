@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::Store;
-use crate::error::{Error, Result};
+use crate::error::{Error, LengthChanged, Result};
 use crate::geometry::check_block_size;
 use crate::sys;
 
@@ -112,6 +112,18 @@ impl FileStore {
     fn lock_resize(&self) -> std::sync::MutexGuard<'_, ()> {
         self.resize.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Fails if the file's length is not the one this store gave it: another
+    /// process truncated or extended it, and writing on would bring truncated
+    /// data back (reading on would serve zeros for data that was there).
+    fn check_len(&self) -> io::Result<()> {
+        let found = self.file.metadata()?.len();
+        let expected = self.len();
+        if found != expected {
+            return Err(io::Error::other(LengthChanged { expected, found }));
+        }
+        Ok(())
+    }
 }
 
 impl Store for FileStore {
@@ -133,12 +145,17 @@ impl Store for FileStore {
                 Err(e) => return Err(e),
             }
         }
+        if done < buf.len() {
+            // Short of our EOF only if someone else shortened the file.
+            self.check_len()?;
+        }
         buf[done..].fill(0);
         Ok(())
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let _resize = self.lock_resize();
+        self.check_len()?;
         let visible = self.len().saturating_sub(offset).min(data.len() as u64) as usize;
         self.file.write_all_at(&data[..visible], offset)
     }
