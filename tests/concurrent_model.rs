@@ -10,7 +10,7 @@
 //! as zero if EOF fell below it at some moment from that write on.
 //!
 //! CI runs 30 s in rounds with different seeds; the long run:
-//! `MKWRITE_CONCURRENCY_SECS=600 cargo test --release --test concurrent_model -- --ignored`.
+//! `MKWRITE_CONCURRENCY_SECS=300 cargo test --release --test concurrent_model -- --ignored`.
 
 mod common;
 
@@ -344,8 +344,8 @@ fn threads_and_mappings_at_once_match_a_linearizable_model() {
 }
 
 #[test]
-#[ignore = "long run: MKWRITE_CONCURRENCY_SECS seconds (default 600)"]
+#[ignore = "long run: MKWRITE_CONCURRENCY_SECS seconds (default 300)"]
 fn long_concurrency() {
-    let secs = std::env::var("MKWRITE_CONCURRENCY_SECS").map_or(600, |v| v.parse().expect("seconds"));
+    let secs = std::env::var("MKWRITE_CONCURRENCY_SECS").map_or(300, |v| v.parse().expect("seconds"));
     run_for(Duration::from_secs(secs), 1 << 20);
 }
