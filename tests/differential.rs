@@ -101,7 +101,9 @@ fn long_ext4_4k() {
 #[ignore = "replays MKWRITE_FSX_REPLAY"]
 fn replay() {
     let Ok(path) = std::env::var("MKWRITE_FSX_REPLAY") else {
-        panic!("set MKWRITE_FSX_REPLAY to a log that a failing run printed");
+        // Part of `-- --ignored` runs too, where there is nothing to replay.
+        println!("MKWRITE_FSX_REPLAY is not set: nothing to replay");
+        return;
     };
     let (fs, block, ops) = fsx::read_log(path.as_ref());
     let fs: &'static str = Box::leak(fs.into_boxed_str());
