@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{BLOCK_SIZES, Mount};
-use fsx::ops::{CAPACITY, Generator, Op, data};
+use fsx::ops::{CAPACITY, Generator, Op, clip, data};
 use mkwrite::{Mapping, MappingOptions};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -143,11 +143,6 @@ fn write(map: &Mapping, offset: u64, len: u64, seed: u8, raw: bool, limit: u64) 
     } else {
         map.write(offset, &bytes).unwrap();
     }
-}
-
-fn clip(offset: u64, len: u64, limit: u64) -> Option<(u64, u64)> {
-    let end = offset.saturating_add(len).min(limit);
-    (offset < end).then(|| (offset, end - offset))
 }
 
 /// What the child reported before it died.

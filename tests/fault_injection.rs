@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{BLOCK_SIZES, Mount, page_size};
-use fsx::ops::{CAPACITY, Generator, Op, data};
+use fsx::ops::{CAPACITY, Generator, Op, clip, data};
 use mkwrite::{Error, FileStore, FullAction, Mapping, MappingOptions, OnFull, Store};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,11 +347,6 @@ impl Run<'_> {
             )),
         }
     }
-}
-
-fn clip(offset: u64, len: u64, limit: u64) -> Option<(u64, u64)> {
-    let end = offset.saturating_add(len).min(limit);
-    (offset < end).then(|| (offset, end - offset))
 }
 
 /// Sweeps every fault over every call of its kind that the workload makes.

@@ -64,6 +64,12 @@ pub fn data(seed: u8, offset: u64, len: u64) -> Vec<u8> {
         .collect()
 }
 
+/// `[offset, offset + len)` clipped to `limit`, or `None` when nothing is left.
+pub fn clip(offset: u64, len: u64, limit: u64) -> Option<(u64, u64)> {
+    let end = offset.saturating_add(len).min(limit);
+    (offset < end).then(|| (offset, end - offset))
+}
+
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let how = |raw: bool| if raw { "raw" } else { "checked" };

@@ -11,7 +11,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use mkwrite::{Mapping, MappingOptions};
 use nix::fcntl::{FallocateFlags, fallocate};
 
-use super::ops::{CAPACITY, Op, data};
+use super::ops::{CAPACITY, Op, clip, data};
 
 /// Where and how a sequence runs.
 pub struct Setup {
@@ -109,12 +109,6 @@ fn open_rw(path: &Path) -> std::io::Result<File> {
         .create(true)
         .truncate(false)
         .open(path)
-}
-
-/// `[offset, offset + len)` clipped to `limit`, or `None` when nothing is left.
-fn clip(offset: u64, len: u64, limit: u64) -> Option<(u64, u64)> {
-    let end = offset.saturating_add(len).min(limit);
-    (offset < end).then(|| (offset, end - offset))
 }
 
 fn copy_in(base: *mut u8, offset: u64, bytes: &[u8]) {
