@@ -37,12 +37,13 @@ fn tick() -> u64 {
     CLOCK.fetch_add(1, Ordering::SeqCst)
 }
 
-/// One set_len: the tick after it returned (`u64::MAX` while it runs) and
-/// the lower of the two lengths.
+/// One set_len: the tick after it returned (`u64::MAX` while it runs), the
+/// lower of the two lengths and the new one.
 #[derive(Clone, Copy)]
 struct Resize {
     end: u64,
     low: u64,
+    new: u64,
 }
 
 struct Shared {
@@ -165,6 +166,7 @@ fn resizer(shared: &Shared, seed: u64) -> Outcome {
             resizes.push(Resize {
                 end: u64::MAX,
                 low: len.min(new),
+                new,
             });
             resizes.len() - 1
         };
@@ -195,14 +197,15 @@ fn judge_cell(shared: &Shared, cells: &Cells, index: usize, found: &[u8]) -> Res
         return Err(format!("cell at {start} is torn: {:x?}", &words[..8]));
     }
     let (tag, since) = cells[index].unwrap_or((0, 0));
+    // Zero is allowed if EOF was at or below the cell at some moment from
+    // the write on: when it began (bytes past EOF are not file data; an
+    // evicted page reads them as zero) or during any later resize.
     let zero_allowed = || {
+        let resizes = shared.resizes.lock().unwrap();
+        let before = resizes.iter().rev().find(|r| r.end <= since);
         tag == 0
-            || shared
-                .resizes
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|r| r.end > since && r.low <= start)
+            || before.is_some_and(|r| r.new <= start)
+            || resizes.iter().any(|r| r.end > since && r.low <= start)
     };
     if words[0] == tag || (words[0] == 0 && zero_allowed()) {
         Ok(())
@@ -257,10 +260,15 @@ fn round(mount: &Mount, name: &str, block: u64, seed: u64, duration: Duration) -
         .open(&path)
         .map_err(|e| e.to_string())?;
     map.set_len(STABLE + CAPACITY / 4).map_err(|e| e.to_string())?;
+    let first = map.len();
     let shared = Arc::new(Shared {
         map,
         stop: AtomicBool::new(false),
-        resizes: Mutex::new(Vec::new()),
+        resizes: Mutex::new(vec![Resize {
+            end: 0,
+            low: first,
+            new: first,
+        }]),
     });
     let cells = Arc::new(Mutex::new(vec![None; ((CAPACITY - STABLE) / CELL) as usize]));
     let mut threads: Vec<(&str, std::thread::JoinHandle<Outcome>)> = Vec::new();
