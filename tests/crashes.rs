@@ -78,44 +78,30 @@ fn child(path: &Path, seed: u64, block: u64) {
     for (at, op) in workload(seed, block).into_iter().enumerate() {
         say(format!("start {at}"));
         let eof = map.len();
+        let Some(op) = op.clipped(eof, page) else {
+            continue;
+        };
         match op {
             Op::Write {
                 offset,
                 len,
                 seed,
                 raw,
-            } => write(&map, offset, len, seed, raw, eof.next_multiple_of(page)),
+            } => write(&map, offset, len, seed, raw),
             Op::SetLen { len, seed } => {
                 // Pollution past EOF that must never reach the file.
-                write(
-                    &map,
-                    eof,
-                    page,
-                    seed ^ 0x5A,
-                    seed % 2 == 1,
-                    eof.next_multiple_of(page),
-                );
-                map.set_len(len.min(CAPACITY)).unwrap();
-            }
-            Op::Punch { offset, len } => {
-                if let Some((offset, len)) = clip(offset, len, eof) {
-                    map.punch_hole(offset, len).unwrap();
+                if let Some((offset, len)) = clip(eof, page, eof.next_multiple_of(page)) {
+                    write(&map, offset, len, seed ^ 0x5A, seed % 2 == 1);
                 }
+                map.set_len(len).unwrap();
             }
-            Op::Reserve { offset, len } => {
-                if let Some((offset, len)) = clip(offset, len, eof) {
-                    map.reserve(offset, len).unwrap();
-                }
-            }
+            Op::Punch { offset, len } => map.punch_hole(offset, len).unwrap(),
+            Op::Reserve { offset, len } => map.reserve(offset, len).unwrap(),
             Op::Flush => {
                 map.flush().unwrap();
                 say(format!("flushed {at}"));
             }
-            Op::FlushRange { offset, len } => {
-                if let Some((offset, len)) = clip(offset, len, CAPACITY) {
-                    map.flush_range(offset, len).unwrap();
-                }
-            }
+            Op::FlushRange { offset, len } => map.flush_range(offset, len).unwrap(),
             Op::Evict => map.evict().unwrap(),
             Op::Reopen => {
                 map.close().unwrap();
@@ -129,10 +115,8 @@ fn child(path: &Path, seed: u64, block: u64) {
     say(format!("flushed {OPS}"));
 }
 
-fn write(map: &Mapping, offset: u64, len: u64, seed: u8, raw: bool, limit: u64) {
-    let Some((offset, len)) = clip(offset, len, limit) else {
-        return;
-    };
+/// Writes `data(seed, offset, len)`, a range the caller clipped to the file's pages.
+fn write(map: &Mapping, offset: u64, len: u64, seed: u8, raw: bool) {
     let bytes = data(seed, offset, len);
     if raw {
         // SAFETY: `[offset, offset + len)` lies in the pages that hold the

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{BLOCK_SIZES, Mount, page_size};
-use fsx::ops::{CAPACITY, Generator, Op, clip, data};
+use fsx::ops::{CAPACITY, Generator, Op, data};
 use mkwrite::{Error, FileStore, FullAction, Mapping, MappingOptions, OnFull, Store};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,6 +235,9 @@ impl Run<'_> {
 
     fn apply(&mut self, op: Op) -> Result<(), String> {
         let eof = self.eof();
+        let Some(op) = op.clipped(eof, self.page) else {
+            return Ok(());
+        };
         match op {
             Op::Write {
                 offset,
@@ -242,10 +245,6 @@ impl Run<'_> {
                 seed,
                 raw,
             } => {
-                let limit = eof.next_multiple_of(self.page);
-                let Some((offset, len)) = clip(offset, len, limit) else {
-                    return Ok(());
-                };
                 let bytes = data(seed, offset, len);
                 let (landed, error) = if raw {
                     // SAFETY: `[offset, offset + len)` lies in the pages holding
@@ -273,34 +272,22 @@ impl Run<'_> {
                     self.report(&error)?;
                 }
             }
-            Op::Read { offset, len, .. } => {
-                if let Some((offset, len)) = clip(offset, len, eof) {
-                    self.expect_range(offset, len)?;
-                }
-            }
+            Op::Read { offset, len, .. } => self.expect_range(offset, len)?,
             Op::SetLen { len, .. } => {
                 self.map.set_len(len).map_err(|e| e.to_string())?;
                 self.model.resize(len as usize, 0);
             }
             Op::Punch { offset, len } => {
-                if let Some((offset, len)) = clip(offset, len, eof) {
-                    self.map.punch_hole(offset, len).map_err(|e| e.to_string())?;
-                    self.model[offset as usize..(offset + len) as usize].fill(0);
-                }
+                self.map.punch_hole(offset, len).map_err(|e| e.to_string())?;
+                self.model[offset as usize..(offset + len) as usize].fill(0);
             }
             Op::Reserve { offset, len } => {
-                if let Some((offset, len)) = clip(offset, len, eof)
-                    && let Err(partial) = self.map.reserve(offset, len)
-                {
+                if let Err(partial) = self.map.reserve(offset, len) {
                     self.report(&partial.error)?;
                 }
             }
             Op::Flush => self.flush(self.map.flush())?,
-            Op::FlushRange { offset, len } => {
-                if let Some((offset, len)) = clip(offset, len, CAPACITY) {
-                    self.flush(self.map.flush_range(offset, len))?;
-                }
-            }
+            Op::FlushRange { offset, len } => self.flush(self.map.flush_range(offset, len))?,
             Op::Evict => self.map.evict().map_err(|e| e.to_string())?,
             Op::Reopen => unreachable!("not in the workload"),
         }

@@ -13,8 +13,8 @@ pub const CAPACITY: u64 = 1 << 20;
 const MAX_LEN: u64 = 512 << 10;
 
 /// One step of a sequence. Each is applied to whatever state the sequence
-/// reached, clipped to it (see `twin.rs`), so any subsequence is runnable too:
-/// that is what lets a failing sequence shrink.
+/// reached, clipped to it ([`Op::clipped`]), so any subsequence is runnable
+/// too: that is what lets a failing sequence shrink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Write `len` bytes of `data(seed, offset)`, through the checked call or
@@ -68,6 +68,53 @@ pub fn data(seed: u8, offset: u64, len: u64) -> Vec<u8> {
 pub fn clip(offset: u64, len: u64, limit: u64) -> Option<(u64, u64)> {
     let end = offset.saturating_add(len).min(limit);
     (offset < end).then(|| (offset, end - offset))
+}
+
+impl Op {
+    /// This op as it applies to a file of length `eof`: writes clipped to the
+    /// pages that hold the file, reads, holes and reservations to EOF, flushed
+    /// ranges and lengths to the capacity; `None` when nothing is left. Every
+    /// executor runs ops through this, which is what makes any subsequence of
+    /// a sequence runnable (and so shrinkable).
+    pub fn clipped(self, eof: u64, page: u64) -> Option<Op> {
+        Some(match self {
+            Op::Write {
+                offset,
+                len,
+                seed,
+                raw,
+            } => {
+                let (offset, len) = clip(offset, len, eof.next_multiple_of(page))?;
+                Op::Write {
+                    offset,
+                    len,
+                    seed,
+                    raw,
+                }
+            }
+            Op::Read { offset, len, raw } => {
+                let (offset, len) = clip(offset, len, eof)?;
+                Op::Read { offset, len, raw }
+            }
+            Op::SetLen { len, seed } => Op::SetLen {
+                len: len.min(CAPACITY),
+                seed,
+            },
+            Op::Punch { offset, len } => {
+                let (offset, len) = clip(offset, len, eof)?;
+                Op::Punch { offset, len }
+            }
+            Op::Reserve { offset, len } => {
+                let (offset, len) = clip(offset, len, eof)?;
+                Op::Reserve { offset, len }
+            }
+            Op::FlushRange { offset, len } => {
+                let (offset, len) = clip(offset, len, CAPACITY)?;
+                Op::FlushRange { offset, len }
+            }
+            Op::Flush | Op::Evict | Op::Reopen => self,
+        })
+    }
 }
 
 impl fmt::Display for Op {

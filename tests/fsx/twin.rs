@@ -180,6 +180,9 @@ impl<'a> Twin<'a> {
 
     fn apply(&mut self, op: Op) -> Result<(), String> {
         let eof = self.eof();
+        let Some(op) = op.clipped(eof, self.page) else {
+            return Ok(());
+        };
         match op {
             Op::Write {
                 offset,
@@ -187,9 +190,6 @@ impl<'a> Twin<'a> {
                 seed,
                 raw,
             } => {
-                let Some((offset, len)) = clip(offset, len, eof.next_multiple_of(self.page)) else {
-                    return Ok(());
-                };
                 self.write_both(offset, &data(seed, offset, len), raw)?;
                 let end = (offset + len).min(eof);
                 if offset < end {
@@ -199,9 +199,6 @@ impl<'a> Twin<'a> {
                 }
             }
             Op::Read { offset, len, raw } => {
-                let Some((offset, len)) = clip(offset, len, eof) else {
-                    return Ok(());
-                };
                 let mine = if raw {
                     copy_out(self.mk().as_ptr(), offset, len)
                 } else {
@@ -217,7 +214,6 @@ impl<'a> Twin<'a> {
                 self.tally.reads += 1;
             }
             Op::SetLen { len, seed } => {
-                let len = len.min(CAPACITY);
                 self.pollute_tail(seed)?;
                 self.mk().set_len(len).map_err(|e| format!("set_len: {e}"))?;
                 self.kernel()
@@ -227,9 +223,6 @@ impl<'a> Twin<'a> {
                 self.resize_shadow(len);
             }
             Op::Punch { offset, len } => {
-                let Some((offset, len)) = clip(offset, len, eof) else {
-                    return Ok(());
-                };
                 self.mk().punch_hole(offset, len).map_err(failed("punch_hole"))?;
                 let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
                 self.kernel_fallocate(punch, offset, len)?;
@@ -237,9 +230,6 @@ impl<'a> Twin<'a> {
                 self.unjudged[offset as usize..(offset + len) as usize].fill(false);
             }
             Op::Reserve { offset, len } => {
-                let Some((offset, len)) = clip(offset, len, eof) else {
-                    return Ok(());
-                };
                 self.mk()
                     .reserve(offset, len)
                     .map_err(|e| format!("reserve: {e}"))?;
@@ -253,9 +243,6 @@ impl<'a> Twin<'a> {
                 self.judge_files(0, eof)?;
             }
             Op::FlushRange { offset, len } => {
-                let Some((offset, len)) = clip(offset, len, CAPACITY) else {
-                    return Ok(());
-                };
                 self.mk()
                     .flush_range(offset, len)
                     .map_err(failed("flush_range"))?;
