@@ -11,126 +11,14 @@
 mod common;
 mod fsx;
 
-use std::io;
-use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use common::injector::{Call, Fault, Injector};
 use common::{BLOCK_SIZES, Mount, page_size};
 use fsx::ops::{CAPACITY, Generator, Op, data};
-use mkwrite::{Error, FileStore, FullAction, Mapping, MappingOptions, OnFull, Store};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fault {
-    NoSpace,
-    Quota,
-    WriteEio,
-    SyncEio,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Call {
-    Allocate = 0,
-    Write = 1,
-    Sync = 2,
-}
-
-impl Fault {
-    const ALL: [Fault; 4] = [Fault::NoSpace, Fault::Quota, Fault::WriteEio, Fault::SyncEio];
-
-    fn call(self) -> Call {
-        match self {
-            Fault::NoSpace | Fault::Quota => Call::Allocate,
-            Fault::WriteEio => Call::Write,
-            Fault::SyncEio => Call::Sync,
-        }
-    }
-
-    fn error(self) -> io::Error {
-        io::Error::from_raw_os_error(match self {
-            Fault::NoSpace => libc::ENOSPC,
-            Fault::Quota => libc::EDQUOT,
-            Fault::WriteEio | Fault::SyncEio => libc::EIO,
-        })
-    }
-
-    /// Is `error` how mkwrite must report this fault?
-    fn reported_as(self, error: &Error) -> bool {
-        match (self, error) {
-            (Fault::NoSpace, Error::NoSpace(_)) | (Fault::Quota, Error::Quota(_)) => true,
-            (Fault::WriteEio | Fault::SyncEio, Error::Io(e)) => e.raw_os_error() == Some(libc::EIO),
-            _ => false,
-        }
-    }
-}
-
-/// A store that fails one chosen call, once: the fault then clears.
-struct Injector {
-    inner: FileStore,
-    fault: Option<(Fault, u64)>,
-    calls: [AtomicU64; 3],
-    fired: AtomicBool,
-}
-
-impl Injector {
-    fn new(inner: FileStore, fault: Option<(Fault, u64)>) -> Injector {
-        Injector {
-            inner,
-            fault,
-            calls: Default::default(),
-            fired: AtomicBool::new(false),
-        }
-    }
-
-    fn count(&self, call: Call) -> io::Result<()> {
-        let n = self.calls[call as usize].fetch_add(1, Ordering::SeqCst);
-        match self.fault {
-            Some((fault, at)) if fault.call() == call && n == at => {
-                self.fired.store(true, Ordering::SeqCst);
-                Err(fault.error())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn calls(&self, call: Call) -> u64 {
-        self.calls[call as usize].load(Ordering::SeqCst)
-    }
-}
-
-impl Store for Injector {
-    fn block_size(&self) -> u64 {
-        self.inner.block_size()
-    }
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.count(Call::Write)?;
-        self.inner.write_at(offset, data)
-    }
-    fn allocate(&self, blocks: Range<u64>) -> io::Result<()> {
-        self.count(Call::Allocate)?;
-        self.inner.allocate(blocks)
-    }
-    fn deallocate(&self, blocks: Range<u64>) -> io::Result<()> {
-        self.inner.deallocate(blocks)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn sync(&self) -> io::Result<()> {
-        self.count(Call::Sync)?;
-        self.inner.sync()
-    }
-    fn allocated(&self) -> io::Result<Vec<Range<u64>>> {
-        self.inner.allocated()
-    }
-}
+use mkwrite::{Error, FileStore, FullAction, Mapping, MappingOptions, OnFull};
 
 /// The workload: the differential generator's ops minus reopen (a close
 /// whose flush fails drops the data by contract, so it is not swept).
@@ -144,7 +32,7 @@ fn workload(seed: u64, block: u64, ops: usize) -> Vec<Op> {
 }
 
 /// One run of `ops` with `fault` injected; returns the injector for its counts.
-fn run(dir: &Path, block: u64, ops: &[Op], fault: Option<(Fault, u64)>) -> Arc<Injector> {
+fn run(dir: &Path, block: u64, ops: &[Op], fault: Option<(Fault, u64)>) -> Arc<Injector<FileStore>> {
     let path = dir.join("swept");
     let _ = std::fs::remove_file(&path);
     let store = FileStore::create(&path).unwrap().with_block_size(block).unwrap();

@@ -3,6 +3,8 @@
 //! without it, so a missing privilege can never pass for a green run.
 #![allow(dead_code)]
 
+pub mod injector;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
