@@ -28,6 +28,52 @@ impl Engine {
         })
     }
 
+    /// Makes each page of `[offset, offset + len)` ready for `access`, copying nothing.
+    pub fn populate(&self, offset: u64, len: u64, access: Access) -> Result<(), PartialError> {
+        let len = usize::try_from(len).map_err(|_| {
+            PartialError::none(out_of_range(
+                "populate beyond the address space",
+                offset,
+                len,
+                usize::MAX as u64,
+            ))
+        })?;
+        self.each_page(offset, len, access, |_, _| {})
+    }
+
+    /// Locks `[offset, offset + len)` on fault, then fills its pages below
+    /// EOF for reading, so locking never allocates.
+    pub fn lock(&self, offset: u64, len: u64) -> crate::error::Result<()> {
+        let pages = self.lock_range(offset, len)?;
+        let bytes = self.geo.page_bytes(pages.start).start..pages.end * self.geo.page;
+        self.region
+            .lock_on_fault(bytes.start as usize, (bytes.end - bytes.start) as usize)?;
+        self.lock_flags().set_locked(pages, true);
+        let below_eof = bytes.end.min(self.eof.load(std::sync::atomic::Ordering::Acquire));
+        if below_eof > bytes.start {
+            self.populate(bytes.start, below_eof - bytes.start, Access::Read)
+                .map_err(|p| p.error)?;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`lock`](Self::lock).
+    pub fn unlock(&self, offset: u64, len: u64) -> crate::error::Result<()> {
+        let pages = self.lock_range(offset, len)?;
+        let start = self.geo.page_bytes(pages.start).start;
+        let end = pages.end * self.geo.page;
+        self.region.unlock(start as usize, (end - start) as usize)?;
+        self.lock_flags().set_locked(pages, false);
+        Ok(())
+    }
+
+    fn lock_range(&self, offset: u64, len: u64) -> crate::error::Result<Range<u64>> {
+        let end = self
+            .geo
+            .end_within_capacity("lock beyond the mapping's capacity", offset, len)?;
+        Ok(self.geo.pages_overlapping(&(offset..end)))
+    }
+
     /// Resolves each page of `[offset, offset + len)` for `access`, then calls
     /// `copy(file_offset, range_in_buffer)` for its part, outside the flags lock.
     fn each_page(

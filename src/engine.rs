@@ -8,16 +8,17 @@
 
 use std::io;
 use std::ops::Range;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::error::Error;
+use crate::error::{Error, Result};
+use crate::fence::Fences;
 use crate::flags::{Flags, Residency};
 use crate::geometry::Geometry;
 use crate::options::OnFull;
 use crate::stats::Counters;
 use crate::store::Store;
-use crate::sys::{Doorbell, Region, Uffd};
+use crate::sys::{self, Doorbell, Region, Uffd};
 
 /// Fields drop in declaration order, which is the teardown order after the
 /// handler has stopped and the range is unregistered: unmap the region, close
@@ -29,6 +30,17 @@ pub(crate) struct Engine {
     pub geo: Geometry,
     /// Per-page and per-block flags and EOF.
     pub flags: Mutex<Flags>,
+    /// EOF as of the last change, readable without the flags lock (a forked
+    /// child may find that lock held by a parent thread that does not exist there).
+    pub eof: AtomicU64,
+    /// Pages made inaccessible for a moment so that a system call's access
+    /// to them fails with `EFAULT` (taken after `flags`).
+    pub fences: Mutex<Fences>,
+    /// The process that opened the mapping; calls from any other (a forked
+    /// child) get [`Error::Forked`].
+    pub owner: u32,
+    /// Nothing may be written: the memory is read-only and so is the store.
+    pub read_only: bool,
     /// Held shared by operations that must see a stable layout (checked copies,
     /// flushes), exclusively by those that change it (size changes, holes, eviction).
     pub layout: RwLock<()>,
@@ -105,6 +117,39 @@ impl Engine {
         relock(self.flags.lock())
     }
 
+    pub fn lock_fences(&self) -> MutexGuard<'_, Fences> {
+        relock(self.fences.lock())
+    }
+
+    /// Fails with [`Error::Forked`] in a process other than the one that
+    /// opened the mapping, which must touch nothing of it.
+    pub fn check_owner(&self) -> Result<()> {
+        let pid = sys::process_id();
+        if pid == self.owner {
+            Ok(())
+        } else {
+            Err(Error::Forked {
+                owner: self.owner,
+                pid,
+            })
+        }
+    }
+
+    /// Fails with [`Error::ReadOnlyMapping`] for a read-only mapping.
+    pub fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Error::ReadOnlyMapping)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Moves EOF in the flags and in the lock-free copy.
+    pub fn set_eof(&self, flags: &mut Flags, eof: u64) {
+        flags.set_eof(eof);
+        self.eof.store(eof, Ordering::Release);
+    }
+
     pub fn layout_shared(&self) -> RwLockReadGuard<'_, ()> {
         relock(self.layout.read())
     }
@@ -121,7 +166,7 @@ impl Engine {
         self.region.base() + page * self.geo.page
     }
 
-    fn page_offset(&self, page: u64) -> usize {
+    pub fn page_offset(&self, page: u64) -> usize {
         (page * self.geo.page) as usize
     }
 
@@ -131,6 +176,14 @@ impl Engine {
         if flags.past_eof(page) {
             return Err(Failure::PastEof);
         }
+        let resolved = self.make_ready(flags, page, access)?;
+        // The page serves this access now; a fence left by an earlier failure
+        // must not fail it (nor crash a checked copy into it).
+        self.lift_fence(page)?;
+        Ok(resolved)
+    }
+
+    fn make_ready(&self, flags: &mut Flags, page: u64, access: Access) -> Result<Resolved, Failure> {
         match (flags.residency(page), access) {
             (Residency::Absent, Access::Read) => {
                 self.fill(flags, page, false)?;
@@ -170,12 +223,64 @@ impl Engine {
             }
             Err(e) => {
                 self.counters.allocation_failed();
+                // Only no-space and quota are "full": more space cures them,
+                // so only they may wait for it. Anything else is a failure.
                 match Error::from_allocation(e) {
-                    Error::Io(e) => Err(Failure::Io(e)),
-                    full => Err(Failure::Full(full)),
+                    full if full.is_full() => Err(Failure::Full(full)),
+                    other => Err(Failure::Io(io::Error::from(other))),
                 }
             }
         }
+    }
+
+    /// The kernel reported `page` missing while the flags call it resident:
+    /// either the report is stale (someone filled the page since) or the
+    /// page was dropped behind the mapping's back (`madvise`). In the second
+    /// case the flags learn it, and lost dirty bytes are recorded.
+    pub fn reconcile(&self, flags: &mut Flags, page: u64) -> io::Result<()> {
+        if flags.residency(page) == Residency::Absent {
+            return Ok(());
+        }
+        if !self.region.is_resident(self.page_offset(page))? {
+            self.vanished(flags, page);
+        }
+        Ok(())
+    }
+
+    fn vanished(&self, flags: &mut Flags, page: u64) {
+        if flags.is_dirty(page) {
+            self.counters.discarded();
+        }
+        flags.vanished(page);
+    }
+
+    /// Fails every later access to the absent `page`, wholly past EOF, as
+    /// the kernel fails an access past the end of a mapped file: SIGBUS with
+    /// the address for a thread, `EFAULT` inside a system call. The marker
+    /// goes when EOF moves over the page ([`Engine::unpoison`]).
+    pub fn poison(&self, flags: &mut Flags, page: u64) -> io::Result<()> {
+        debug_assert!(flags.past_eof(page));
+        match self.uffd.poison(self.addr(page), self.geo.page) {
+            Ok(()) => {
+                flags.poisoned(page);
+                Ok(())
+            }
+            // Already poisoned or filled by a racing resolve: let the thread retry.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.wake(page),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Clears the poison of the pages in `pages`, before EOF moves over them.
+    pub fn unpoison(&self, flags: &mut Flags, pages: Range<u64>) -> io::Result<()> {
+        for run in crate::store::runs(flags.poisoned_pages(pages)) {
+            let len = ((run.end - run.start) * self.geo.page) as usize;
+            self.region.discard(self.page_offset(run.start), len)?;
+            for p in run {
+                flags.unpoisoned(p);
+            }
+        }
+        Ok(())
     }
 
     /// Reads `page` from the store; bytes past EOF read as zeros (DESIGN rule 5).
@@ -195,7 +300,11 @@ impl Engine {
 
     /// Places `data` in the absent `page` and wakes its waiters.
     fn install(&self, page: u64, data: &[u8], writable: bool) -> io::Result<()> {
-        match self.uffd.copy(self.addr(page), data, !writable) {
+        // Read-only memory is registered without write-protect, and needs none.
+        match self
+            .uffd
+            .copy(self.addr(page), data, !writable && !self.read_only)
+        {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // Flags said absent but the kernel has a page: a bookkeeping
                 // bug. Wake the waiters so nobody hangs, and report it.
@@ -239,11 +348,24 @@ impl Engine {
         self.uffd.wake(self.addr(page), self.geo.page)
     }
 
-    /// Copies a resident page's bytes (never faults: reads of resident pages run free).
-    pub fn copy_out(&self, page: u64, range: Range<u64>, out: &mut [u8]) {
+    /// Copies bytes of a page the flags call resident, under the flags lock,
+    /// without ever faulting (DESIGN rule 7). If the page is gone from memory
+    /// (dropped behind the mapping's back), the flags learn it and this
+    /// returns false.
+    pub fn copy_resident(
+        &self,
+        flags: &mut Flags,
+        page: u64,
+        range: Range<u64>,
+        out: &mut [u8],
+    ) -> io::Result<bool> {
         debug_assert!(range.end <= self.geo.page);
-        self.region
-            .copy_out(self.page_offset(page) + range.start as usize, out);
+        let at = self.page_offset(page) + range.start as usize;
+        if self.region.read_resident(at, out)? == out.len() {
+            return Ok(true);
+        }
+        self.vanished(flags, page);
+        Ok(false)
     }
 
     /// Edits a page's bytes so that no thread sees or writes it half-way:
@@ -258,13 +380,15 @@ impl Engine {
         dirty: bool,
         edit: impl FnOnce(&mut [u8]),
     ) -> io::Result<()> {
-        let was = flags.residency(page);
         let mut buf = vec![0u8; self.geo.page as usize];
+        if flags.residency(page) != Residency::Absent {
+            self.protect(flags, &[page])?;
+            self.copy_resident(flags, page, 0..self.geo.page, &mut buf)?;
+        }
+        // Read after the copy: the page may have turned out to be gone.
+        let was = flags.residency(page);
         if was == Residency::Absent {
             self.read_page(flags, page, &mut buf)?;
-        } else {
-            self.protect(flags, &[page])?;
-            self.copy_out(page, 0..self.geo.page, &mut buf);
         }
         edit(&mut buf);
         let dirty = dirty || flags.is_dirty(page);
@@ -292,6 +416,7 @@ impl Engine {
         *relock(self.handler_failure.lock()) = Some(why);
     }
 
+    /// Records why an access failed, for [`Mapping::last_fault_error`](crate::Mapping::last_fault_error).
     pub fn record_fault_error(&self, why: String) {
         *relock(self.last_fault_error.lock()) = Some(why);
     }

@@ -1,7 +1,8 @@
 //! The crate's one error type.
 
 use std::io;
-use std::path::PathBuf;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong in mkwrite.
 ///
@@ -46,8 +47,39 @@ pub enum Error {
         len: u64,
     },
 
+    /// A length past the mapping's capacity: the memory reserved at open ends there.
+    #[error("length {len} is beyond the mapping's capacity {capacity}: open it with a larger capacity")]
+    BeyondCapacity {
+        /// The length asked for.
+        len: u64,
+        /// The mapping's capacity.
+        capacity: u64,
+    },
+
+    /// The address space has no room for the capacity asked for.
+    #[error(
+        "cannot reserve {capacity} bytes of address space for the mapping: {source}; pass a smaller capacity"
+    )]
+    CapacityUnavailable {
+        /// The capacity asked for.
+        capacity: u64,
+        /// What `mmap` said.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The file could not be opened.
+    #[error("cannot open {}: {source}", .path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+
     /// The file cannot be written (opened read-only, read-only filesystem, no permission).
-    #[error("{path:?} is read-only; open it read-write: {source}")]
+    #[error("{} is read-only; open it read-write or map it with `read_only(true)`: {source}", show(.path.as_deref()))]
     ReadOnly {
         /// The file, where known.
         path: Option<PathBuf>,
@@ -70,9 +102,41 @@ pub enum Error {
     #[error("the kernel lacks {0}: mkwrite needs Linux 5.7 or later for write-protect on anonymous memory")]
     MissingFeature(&'static str),
 
-    /// The fault handler thread stopped; the mapping can no longer resolve faults.
+    /// The mapping was opened read-only; it cannot be written, resized or punched.
+    #[error("the mapping is read-only (opened with `read_only(true)`)")]
+    ReadOnlyMapping,
+
+    /// The fault handler failed (a panic in it, in the store, or in an
+    /// [`OnFull::Callback`](crate::OnFull::Callback)); the mapping no longer
+    /// resolves faults and every call reports this.
     #[error("the fault handler failed: {0}")]
     HandlerFailed(String),
+
+    /// The call was made in a child of the process that opened the mapping.
+    /// A child after `fork` has no copy of the mapping's memory (it is
+    /// `MADV_DONTFORK`), and its store, userfaultfd and handler belong to the
+    /// parent, so nothing is done; dropping the mapping in the child does nothing.
+    #[error("the mapping belongs to process {owner}, not to its forked child {pid}; nothing was done")]
+    Forked {
+        /// The process that opened the mapping.
+        owner: u32,
+        /// The process that made the call.
+        pid: u32,
+    },
+
+    /// Dirty pages were dropped from memory behind the mapping's back
+    /// (`madvise(MADV_DONTNEED)`, `MADV_FREE`, ... on the mapping's memory)
+    /// before they were flushed: those bytes now read as the store holds
+    /// them. Reported once, by the flush after the loss was found; everything
+    /// else that flush wrote is durable. To drop clean pages safely, call
+    /// [`Mapping::evict`](crate::Mapping::evict).
+    #[error(
+        "unflushed writes were discarded from memory (madvise on the mapping?) in file ranges {ranges:?}"
+    )]
+    Discarded {
+        /// File byte ranges whose unflushed changes were lost.
+        ranges: Vec<Range<u64>>,
+    },
 
     /// Another process truncated or extended the file underneath the
     /// mapping. mkwrite writes nothing more to it, since that would bring
@@ -94,6 +158,10 @@ pub enum Error {
     /// Any other I/O error, kept as the kernel or the store returned it.
     #[error(transparent)]
     Io(io::Error),
+}
+
+fn show(path: Option<&Path>) -> String {
+    path.map_or_else(|| "the file".to_owned(), |p| p.display().to_string())
 }
 
 /// The payload a [`FileStore`](crate::FileStore) puts in an [`io::Error`] when
@@ -140,13 +208,19 @@ impl Error {
         match self {
             Error::NoSpace(_) => io::ErrorKind::StorageFull,
             Error::Quota(_) => io::ErrorKind::QuotaExceeded,
-            Error::OutOfRange { .. } | Error::InvalidBlockSize(_) | Error::CapacityBelowLength { .. } => {
-                io::ErrorKind::InvalidInput
-            }
-            Error::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
+            Error::OutOfRange { .. }
+            | Error::InvalidBlockSize(_)
+            | Error::CapacityBelowLength { .. }
+            | Error::BeyondCapacity { .. } => io::ErrorKind::InvalidInput,
+            Error::CapacityUnavailable { .. } => io::ErrorKind::OutOfMemory,
+            Error::Open { source, .. } => source.kind(),
+            Error::ReadOnly { .. } | Error::ReadOnlyMapping => io::ErrorKind::PermissionDenied,
             Error::Userfaultfd { source, .. } => source.kind(),
             Error::MissingFeature(_) => io::ErrorKind::Unsupported,
-            Error::HandlerFailed(_) | Error::LengthChanged { .. } => io::ErrorKind::Other,
+            Error::HandlerFailed(_)
+            | Error::LengthChanged { .. }
+            | Error::Forked { .. }
+            | Error::Discarded { .. } => io::ErrorKind::Other,
             Error::Io(e) => e.kind(),
         }
     }
@@ -176,6 +250,13 @@ pub struct PartialError {
     /// Why it stopped.
     #[source]
     pub error: Error,
+}
+
+impl PartialError {
+    /// A failure before any byte landed.
+    pub(crate) fn none(error: Error) -> PartialError {
+        PartialError { done: 0, error }
+    }
 }
 
 impl From<PartialError> for Error {

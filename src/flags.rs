@@ -8,6 +8,11 @@
 //! The invariant (DESIGN rule 1): a writable page is dirty, and every block
 //! under it that lies below EOF is allocated. A protected page may be dirty
 //! (after a flush failed, or when EOF moved up across it); an absent page is clean.
+//!
+//! Beside them: pages **poisoned** because an access past EOF touched them
+//! (absent, wholly past EOF), pages the user **locked** in memory, and the
+//! byte ranges **lost** when dirty pages were dropped behind the mapping's
+//! back (`madvise`), kept until a flush reports them.
 
 use std::ops::Range;
 
@@ -34,6 +39,9 @@ pub(crate) struct Flags {
     pages: Vec<Residency>,
     dirty: FixedBitSet,
     allocated: FixedBitSet,
+    poisoned: FixedBitSet,
+    locked: FixedBitSet,
+    lost: Vec<Range<u64>>,
 }
 
 impl Flags {
@@ -45,6 +53,9 @@ impl Flags {
             pages: vec![Residency::Absent; geo.pages() as usize],
             dirty: FixedBitSet::with_capacity(geo.pages() as usize),
             allocated: FixedBitSet::with_capacity(geo.blocks() as usize),
+            poisoned: FixedBitSet::with_capacity(geo.pages() as usize),
+            locked: FixedBitSet::with_capacity(geo.pages() as usize),
+            lost: Vec::new(),
         };
         for r in allocated {
             flags.mark_allocated(r.start.min(geo.blocks())..r.end.min(geo.blocks()));
@@ -124,6 +135,57 @@ impl Flags {
         self.dirty.set(page as usize, false);
     }
 
+    /// A resident page turned out to be gone from memory (dropped by
+    /// `madvise` behind the mapping's back): absent. If it was dirty, its
+    /// bytes below EOF are recorded as lost, for the next flush to report.
+    pub fn vanished(&mut self, page: u64) {
+        if self.is_dirty(page) {
+            let bytes = self.geo.page_bytes(page);
+            let lost = bytes.start..bytes.end.min(self.eof.max(bytes.start));
+            match self.lost.last_mut() {
+                Some(last) if last.end == lost.start => last.end = lost.end,
+                _ if lost.is_empty() => {}
+                _ => self.lost.push(lost),
+            }
+        }
+        self.dropped(page);
+    }
+
+    /// The byte ranges lost since the last call, in the order found.
+    pub fn take_lost(&mut self) -> Vec<Range<u64>> {
+        std::mem::take(&mut self.lost)
+    }
+
+    /// An access past EOF poisoned the absent `page`.
+    pub fn poisoned(&mut self, page: u64) {
+        debug_assert_eq!(self.residency(page), Residency::Absent);
+        self.poisoned.insert(page as usize);
+    }
+
+    /// Poisoned pages in `pages`; they are cleared (dropped) when EOF moves over them.
+    pub fn poisoned_pages(&self, pages: Range<u64>) -> Vec<u64> {
+        let end = pages.end.min(self.geo.pages());
+        (pages.start..end)
+            .filter(|&p| self.poisoned.contains(p as usize))
+            .collect()
+    }
+
+    pub fn unpoisoned(&mut self, page: u64) {
+        self.poisoned.set(page as usize, false);
+    }
+
+    /// Marks `pages` locked in memory (or not): eviction leaves locked pages alone.
+    pub fn set_locked(&mut self, pages: Range<u64>, locked: bool) {
+        let end = pages.end.min(self.geo.pages());
+        if pages.start < end {
+            self.locked.set_range(pages.start as usize..end as usize, locked);
+        }
+    }
+
+    pub fn is_locked(&self, page: u64) -> bool {
+        self.locked.contains(page as usize)
+    }
+
     /// A flush takes the page: clean and protected.
     pub fn cleaned(&mut self, page: u64) {
         self.pages[page as usize] = Residency::Protected;
@@ -192,6 +254,10 @@ impl Flags {
     /// Checks DESIGN rule 1 and the residency rules on every page; returns the
     /// first page that breaks one, with the reason.
     pub fn check(&self) -> Result<(), String> {
+        let first_past_eof = self.eof.div_ceil(self.geo.block) as usize;
+        if let Some(block) = self.allocated.ones().find(|&b| b >= first_past_eof) {
+            return Err(format!("block {block} allocated wholly past EOF {}", self.eof));
+        }
         for page in 0..self.geo.pages() {
             let r = self.residency(page);
             if r == Residency::Writable && !self.is_dirty(page) {
@@ -206,6 +272,9 @@ impl Flags {
             if r != Residency::Absent && self.past_eof(page) {
                 return Err(format!("page {page} resident past EOF {}", self.eof));
             }
+            if self.poisoned.contains(page as usize) && (r != Residency::Absent || !self.past_eof(page)) {
+                return Err(format!("page {page} poisoned but {r:?} below EOF {}", self.eof));
+            }
         }
         Ok(())
     }
@@ -216,7 +285,7 @@ mod tests {
     use super::*;
 
     fn flags(block: u64, eof: u64) -> Flags {
-        Flags::new(Geometry::new(4096, block, 64 * 1024), eof, &[])
+        Flags::new(Geometry::new(4096, block, 64 * 1024).unwrap(), eof, &[])
     }
 
     #[test]
@@ -287,6 +356,38 @@ mod tests {
         let mut big = flags(16384, 100);
         big.mark_allocated(0..1);
         assert_eq!(big.allocated_bytes(3), vec![12288..16384]);
+    }
+
+    #[test]
+    fn a_vanished_dirty_page_is_recorded_as_lost_up_to_eof() {
+        let mut f = flags(1024, 9000);
+        f.mark_allocated(0..9);
+        f.granted_write(1);
+        f.granted_write(2);
+        f.filled_for_read(0);
+        f.vanished(0);
+        f.vanished(1);
+        f.vanished(2);
+        assert_eq!(
+            f.take_lost(),
+            vec![4096..9000],
+            "clean page 0 lost nothing; 1 and 2 merge, clipped at EOF"
+        );
+        assert!(f.take_lost().is_empty(), "reported once");
+        assert_eq!(f.resident_count(), 0);
+        f.check().unwrap();
+    }
+
+    #[test]
+    fn poison_lives_only_past_eof() {
+        let mut f = flags(1024, 4096);
+        f.poisoned(3);
+        f.check().unwrap();
+        assert_eq!(f.poisoned_pages(0..16), vec![3]);
+        f.set_eof(16384);
+        assert!(f.check().is_err(), "EOF moved over a poisoned page");
+        f.unpoisoned(3);
+        f.check().unwrap();
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use crate::engine::Engine;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::flags::Flags;
 
 /// Bytes copied under one hold of the flags lock, so the handler is never
@@ -18,6 +18,8 @@ struct Stage {
     /// (file offset, range in `data`) of each coalesced write.
     writes: Vec<(u64, Range<usize>)>,
     pages: Vec<u64>,
+    /// The page after the last one this batch looked at.
+    resume: u64,
 }
 
 impl Stage {
@@ -34,6 +36,9 @@ impl Stage {
 impl Engine {
     /// Flushes the dirty pages among `pages` and syncs the store. On error the
     /// pages it took are dirty again, so the next flush writes them.
+    ///
+    /// Dirty pages found dropped from memory behind the mapping's back are
+    /// reported once, as [`Error::Discarded`], after everything else is durable.
     pub fn flush(&self, pages: Range<u64>) -> Result<()> {
         let _layout = self.layout_shared();
         // One flush at a time: a page another flush has taken but not yet
@@ -51,7 +56,7 @@ impl Engine {
                     Err(e) => break Err(e),
                 }
             };
-            next = stage.pages.last().map_or(pages.end, |p| p + 1);
+            next = stage.resume;
             taken.extend_from_slice(&stage.pages);
             if let Err(e) = self.write_stage(&stage) {
                 break Err(e);
@@ -69,12 +74,18 @@ impl Engine {
         } else {
             self.counters.flushed(written);
         }
-        result
+        result?;
+        let lost = self.lock_flags().take_lost();
+        if lost.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Discarded { ranges: lost })
+        }
     }
 
     /// Takes up to [`STAGE_BYTES`] of dirty pages: protect, mark clean, copy.
     fn take_dirty(&self, flags: &mut Flags, pages: Range<u64>) -> Result<Option<Stage>> {
-        let mut batch = flags.dirty_pages(pages);
+        let mut batch = flags.dirty_pages(pages.clone());
         if batch.is_empty() {
             return Ok(None);
         }
@@ -86,17 +97,30 @@ impl Engine {
             data: Vec::with_capacity((batch.len() as u64 * self.geo.page) as usize),
             writes: Vec::new(),
             pages: Vec::with_capacity(batch.len()),
+            resume: batch.last().map_or(pages.end, |p| p + 1),
         };
         let mut buf = vec![0u8; self.geo.page as usize];
         for &page in &batch {
-            flags.cleaned(page);
-            stage.pages.push(page);
             let page_start = page * self.geo.page;
+            let mut copies = Vec::new();
             for bytes in flags.allocated_bytes(page) {
                 let within = bytes.start - page_start..bytes.end - page_start;
-                let out = &mut buf[..within.clone().count()];
-                self.copy_out(page, within, out);
-                stage.push(bytes.start, out);
+                let out = &mut buf[within.start as usize..within.end as usize];
+                if !self.copy_resident(flags, page, within, out)? {
+                    // Dropped behind our back: recorded as lost, nothing to write.
+                    copies.clear();
+                    break;
+                }
+                copies.push(bytes);
+            }
+            if flags.residency(page) == crate::flags::Residency::Absent {
+                continue;
+            }
+            flags.cleaned(page);
+            stage.pages.push(page);
+            for bytes in copies {
+                let within = (bytes.start - page_start) as usize..(bytes.end - page_start) as usize;
+                stage.push(bytes.start, &buf[within]);
             }
         }
         Ok(Some(stage))

@@ -29,14 +29,15 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
-    /// Rounds `capacity` up to whole pages and whole blocks.
-    pub fn new(page: u64, block: u64, capacity: u64) -> Geometry {
+    /// Rounds `capacity` up to whole pages and whole blocks; `None` if that
+    /// does not fit in a `u64`.
+    pub fn new(page: u64, block: u64, capacity: u64) -> Option<Geometry> {
         let unit = page.max(block);
-        Geometry {
+        Some(Geometry {
             page,
             block,
-            capacity: capacity.div_ceil(unit) * unit,
-        }
+            capacity: capacity.div_ceil(unit).checked_mul(unit)?,
+        })
     }
 
     pub fn pages(&self) -> u64 {
@@ -128,13 +129,13 @@ mod tests {
 
     #[test]
     fn capacity_rounds_to_pages_and_blocks() {
-        assert_eq!(Geometry::new(4096, 1024, 1).capacity, 4096);
-        assert_eq!(Geometry::new(4096, 65536, 70000).capacity, 131072);
+        assert_eq!(Geometry::new(4096, 1024, 1).unwrap().capacity, 4096);
+        assert_eq!(Geometry::new(4096, 65536, 70000).unwrap().capacity, 131072);
     }
 
     #[test]
     fn small_blocks_backing_the_eof_page_stop_at_eof() {
-        let g = Geometry::new(4096, 1024, 1 << 20);
+        let g = Geometry::new(4096, 1024, 1 << 20).unwrap();
         // EOF at 1024: only the first block of page 0 is file data.
         assert_eq!(g.blocks_backing(0, 1024), 0..1);
         assert_eq!(g.blocks_backing(0, 1025), 0..2);
@@ -147,14 +148,14 @@ mod tests {
 
     #[test]
     fn large_blocks_back_a_page_with_their_whole_block() {
-        let g = Geometry::new(4096, 16384, 1 << 20);
+        let g = Geometry::new(4096, 16384, 1 << 20).unwrap();
         assert_eq!(g.blocks_backing(0, 100), 0..1);
         assert_eq!(g.blocks_backing(5, 100_000), 1..2);
     }
 
     #[test]
     fn ranges_split_into_pages_and_blocks() {
-        let g = Geometry::new(4096, 1024, 1 << 20);
+        let g = Geometry::new(4096, 1024, 1 << 20).unwrap();
         assert_eq!(g.pages_overlapping(&(4095..4097)), 0..2);
         assert_eq!(g.pages_overlapping(&(5..5)), 0..0);
         assert_eq!(g.blocks_inside(&(100..3000)), 1..2);

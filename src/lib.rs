@@ -32,6 +32,49 @@
 //! flush writes by per-block flags, never by file size; bytes past EOF read as
 //! zero and are zeroed when EOF moves up across them.
 //!
+//! # Living in an ordinary process
+//!
+//! The memory is plain anonymous memory guarded by a userfaultfd, and what a
+//! process commonly does to memory is handled the way the kernel's own
+//! `mmap(MAP_SHARED)` handles it, or is documented where it cannot be:
+//!
+//! * **fork**: the child gets no copy of the mapping's memory
+//!   (`MADV_DONTFORK`: touching it there is SIGSEGV, never stale data), every
+//!   fallible call in the child returns [`Error::Forked`] without touching
+//!   the store, and dropping the mapping there does nothing.
+//! * **System calls that touch the mapping** (`read(2)` into it, `recv(2)`,
+//!   `mlock(2)`) fault in kernel mode and are served like plain loads and
+//!   stores. One that must fail gets `EFAULT`, as with mmap: an access to a
+//!   page wholly past EOF (the page is then *poisoned* until EOF moves over
+//!   it, so a plain load or store there gets SIGBUS `BUS_ADRERR` with the
+//!   address, exactly as from the kernel), or a write the store has no room
+//!   for under [`OnFull::Sigbus`]. For that last case the page is *fenced*
+//!   for a moment (its write permission taken away, so the retry fails): a
+//!   plain store by another thread to that page in that moment gets SIGSEGV
+//!   rather than SIGBUS. Under [`OnFull::Wait`] the call waits for space.
+//! * **`madvise`**: `MADV_DONTNEED` / `MADV_FREE` on the mapping drop pages
+//!   the mapping thinks it holds. A clean page refills from the store on the
+//!   next touch. A dirty page's unflushed bytes are gone (the memory is
+//!   private, unlike the kernel's page cache): the next
+//!   [`flush`](Mapping::flush) returns [`Error::Discarded`] with the ranges,
+//!   and [`Stats::pages_discarded`] counts them. [`Mapping::evict`] is the
+//!   safe way to drop clean pages. (`MADV_REMOVE` is refused by the kernel
+//!   on private memory.)
+//! * **`mlock(2)`** populates private memory for *writing*: every page below
+//!   EOF is write-faulted, allocates its blocks, and will be flushed. Past
+//!   EOF it fails with `ENOMEM`, as with mmap. [`Mapping::lock`] locks
+//!   without writing (`MLOCK_ONFAULT` plus a read fill) and never allocates.
+//! * **A panic in the fault handler** (a store's, or an
+//!   [`OnFull::Callback`]'s) is caught: the faulting access fails (SIGBUS,
+//!   or `EFAULT` in a system call), later faults fail too, and every call
+//!   returns [`Error::HandlerFailed`].
+//! * **Unprivileged processes**: where the `userfaultfd` system call and
+//!   `/dev/userfaultfd` are refused, the mapping falls back to
+//!   `UFFD_USER_MODE_ONLY` ([`Mapping::userfaultfd_origin`] says so). Then a
+//!   system call that touches a page not in memory fails with `EFAULT`
+//!   instead of faulting it in: make such a range resident first with
+//!   [`Mapping::populate`] (for reading, or for writing, which allocates).
+//!
 //! Unsafe code lives in the `sys` module (the kernel calls) and in the two
 //! slice accessors of [`Mapping`], whose soundness rests on their `&mut self`.
 
@@ -42,6 +85,7 @@
 mod checked;
 mod engine;
 mod error;
+mod fence;
 mod flags;
 mod flush;
 mod geometry;

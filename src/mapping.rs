@@ -1,12 +1,13 @@
 //! The public mapping: open, access, resize, flush, close.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
+use crate::engine::Access;
 use crate::engine::Engine;
-use crate::error::{Error, PartialError, Result, out_of_range};
+use crate::error::{Error, PartialError, Result};
 use crate::flags::Flags;
 use crate::geometry::{Geometry, check_block_size};
 use crate::options::{DEFAULT_CAPACITY, MappingOptions};
@@ -25,6 +26,14 @@ use crate::sys::{self, Doorbell, Region, Uffd, UffdOrigin};
 /// Dropping the mapping flushes best-effort, then stops the handler thread,
 /// unregisters and unmaps the memory, and closes the userfaultfd and the
 /// store, in that order. Use [`close`](Self::close) to see the flush's error.
+///
+/// # Fork
+///
+/// The memory is not inherited by a child of `fork` (`MADV_DONTFORK`): a
+/// child that touches it gets SIGSEGV, never stale or zeroed data. Every
+/// fallible call in the child returns [`Error::Forked`] and touches nothing;
+/// dropping the mapping there does nothing (no flush, no join). The parent
+/// goes on as if the child never existed.
 #[derive(Debug)]
 pub struct Mapping {
     engine: Arc<Engine>,
@@ -58,25 +67,29 @@ impl Mapping {
         if capacity < len {
             return Err(Error::CapacityBelowLength { capacity, len });
         }
-        let geo = Geometry::new(sys::page_size(), block, capacity);
-        let size = usize::try_from(geo.capacity).map_err(|_| {
-            out_of_range(
-                "capacity beyond the address space",
-                0,
-                capacity,
-                usize::MAX as u64,
-            )
-        })?;
+        let too_large = || Error::CapacityUnavailable {
+            capacity,
+            source: std::io::Error::from_raw_os_error(libc::ENOMEM),
+        };
+        let geo = Geometry::new(sys::page_size(), block, capacity).ok_or_else(too_large)?;
+        let size = usize::try_from(geo.capacity).map_err(|_| too_large())?;
         let allocated = store.allocated()?;
         let uffd = Uffd::open(opts.uffd_fallback)?;
-        let region = Region::reserve(size)?;
-        uffd.register(region.base(), region.len() as u64)?;
+        let region = Region::reserve(size, opts.read_only).map_err(|source| match source.raw_os_error() {
+            Some(libc::ENOMEM) => Error::CapacityUnavailable { capacity, source },
+            _ => Error::Io(source),
+        })?;
+        uffd.register(region.base(), region.len() as u64, opts.read_only)?;
         let engine = Arc::new(Engine {
             region,
             uffd,
             store,
             geo,
             flags: Mutex::new(Flags::new(geo, len, &allocated)),
+            eof: AtomicU64::new(len),
+            fences: Mutex::default(),
+            owner: sys::process_id(),
+            read_only: opts.read_only,
             layout: RwLock::new(()),
             flush_lock: Mutex::new(()),
             counters: Counters::default(),
@@ -95,7 +108,7 @@ impl Mapping {
 
     /// The file's length (EOF).
     pub fn len(&self) -> u64 {
-        self.engine.lock_flags().eof()
+        self.engine.eof.load(Ordering::Acquire)
     }
 
     /// True when the file is empty.
@@ -118,7 +131,15 @@ impl Mapping {
         self.engine.geo.page
     }
 
+    /// Whether the mapping was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.engine.read_only
+    }
+
     /// How the userfaultfd was obtained (syscall, device, or user-mode only).
+    /// With [`UffdOrigin::UserModeOnly`], a system call that touches a page
+    /// not in memory (`read(2)` into the mapping) fails with `EFAULT`: make
+    /// the range resident first with [`populate`](Self::populate).
     pub fn userfaultfd_origin(&self) -> UffdOrigin {
         self.engine.uffd.origin()
     }
@@ -135,8 +156,13 @@ impl Mapping {
     }
 
     /// The file's bytes `[0, len)`. A page the store cannot serve raises SIGBUS.
+    ///
+    /// # Panics
+    ///
+    /// In a forked child, which has no such memory (see [Fork](#fork)).
     #[allow(unsafe_code)]
     pub fn as_slice(&mut self) -> &[u8] {
+        self.owned_or_panic();
         let len = self.len() as usize;
         // SAFETY: `&mut self` excludes every other call on this mapping for the
         // slice's lifetime, so none of its writers (checked writes, size
@@ -146,8 +172,14 @@ impl Mapping {
 
     /// The file's bytes `[0, len)`, writable. Each first write to a clean page
     /// allocates its blocks; a full store follows the [`OnFull`](crate::OnFull) policy.
+    ///
+    /// # Panics
+    ///
+    /// In a forked child, or for a read-only mapping (whose memory cannot be written).
     #[allow(unsafe_code)]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.owned_or_panic();
+        assert!(!self.engine.read_only, "as_mut_slice of a read-only mapping");
         let len = self.len() as usize;
         // SAFETY: as in `as_slice`; `&mut self` also makes this the only slice.
         unsafe { self.engine.region.slice_mut(len) }
@@ -159,12 +191,53 @@ impl Mapping {
     /// are accepted and never reach the store, as with mmap; a page wholly
     /// past EOF is [`Error::OutOfRange`].
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), PartialError> {
+        self.usable_for_writing().map_err(PartialError::none)?;
         self.engine.write(offset, data)
     }
 
     /// Reads the mapping's bytes at `offset` into `buf`.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), PartialError> {
+        self.usable().map_err(PartialError::none)?;
         self.engine.read(offset, buf)
+    }
+
+    /// Makes the pages under `[offset, offset + len)` resident now, as the
+    /// first touch would: for reading (filled from the store), or for
+    /// `writing` (blocks allocated too, so a full store is an error here
+    /// rather than a signal later). Use it before handing a range to a system
+    /// call when the userfaultfd is user-mode only, or to warm a range. The
+    /// range must lie within EOF; on failure `done` counts the bytes made ready.
+    pub fn populate(&self, offset: u64, len: u64, writing: bool) -> Result<(), PartialError> {
+        if writing {
+            self.usable_for_writing().map_err(PartialError::none)?;
+        } else {
+            self.usable().map_err(PartialError::none)?;
+        }
+        let access = if writing { Access::Write } else { Access::Read };
+        self.engine.populate(offset, len, access)
+    }
+
+    /// Locks the pages under `[offset, offset + len)` in memory, so eviction
+    /// and the kernel's reclaim leave them, without making anything writable:
+    /// `mlock2(MLOCK_ONFAULT)`, then the pages below EOF are filled for
+    /// reading. Locking never allocates (a plain `mlock(2)` of this memory
+    /// would: the kernel populates private memory for writing, so every page
+    /// below EOF would fault as a write, allocate its blocks and be flushed).
+    /// Pages past EOF are locked as they come to exist.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's `mlock2` errors (`ENOMEM` past `RLIMIT_MEMLOCK`), and
+    /// those of reading the store.
+    pub fn lock(&self, offset: u64, len: u64) -> Result<()> {
+        self.usable()?;
+        self.engine.lock(offset, len)
+    }
+
+    /// Undoes [`lock`](Self::lock) for `[offset, offset + len)`.
+    pub fn unlock(&self, offset: u64, len: u64) -> Result<()> {
+        self.usable()?;
+        self.engine.unlock(offset, len)
     }
 
     /// Allocates the blocks under `[offset, offset + len)` ahead of writing,
@@ -172,15 +245,7 @@ impl Mapping {
     /// [`set_len`](Self::set_len) first). On failure, `done` counts the bytes
     /// from `offset` that are reserved.
     pub fn reserve(&self, offset: u64, len: u64) -> Result<(), PartialError> {
-        let eof = self.len();
-        if offset.checked_add(len).is_none_or(|end| end > eof) {
-            return Err(PartialError {
-                done: 0,
-                error: out_of_range("reserve beyond the end of the file", offset, len, eof),
-            });
-        }
-        self.check_handler()
-            .map_err(|error| PartialError { done: 0, error })?;
+        self.usable_for_writing().map_err(PartialError::none)?;
         self.engine
             .reserve(offset, len)
             .map_err(|(done, error)| PartialError {
@@ -192,79 +257,119 @@ impl Mapping {
     /// Moves EOF. Growing zeroes what was past the old EOF in its page and
     /// write-protects that page again; shrinking drops the pages past the new
     /// EOF, zeroes the tail of the new last page and frees the blocks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BeyondCapacity`] past the capacity given at open.
     pub fn set_len(&self, len: u64) -> Result<()> {
-        self.check_handler()?;
+        self.usable_for_writing()?;
         self.engine.set_len(len)
     }
 
     /// Zeroes `[offset, offset + len)` (clipped to EOF) and frees the blocks
     /// wholly inside it.
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
-        self.check_handler()?;
+        self.usable_for_writing()?;
         self.engine.punch_hole(offset, len)
     }
 
     /// Writes every dirty page's allocated blocks and syncs the store. After
     /// it returns `Ok`, every byte written before it began is durable. On
     /// error the data stays dirty and the next flush writes it.
+    ///
+    /// # Errors
+    ///
+    /// The store's write and sync errors; [`Error::Discarded`] (once, after
+    /// everything else was written and synced) if dirty pages were dropped
+    /// from memory behind the mapping's back by `madvise`.
     pub fn flush(&self) -> Result<()> {
+        self.usable()?;
         self.engine.flush(0..self.engine.geo.pages())
     }
 
     /// [`flush`](Self::flush) for the pages overlapping `[offset, offset + len)`.
     pub fn flush_range(&self, offset: u64, len: u64) -> Result<()> {
+        self.usable()?;
         let geo = &self.engine.geo;
         let end = geo.end_within_capacity("flush_range beyond the mapping's capacity", offset, len)?;
         self.engine.flush(geo.pages_overlapping(&(offset..end)))
     }
 
-    /// Drops every clean resident page; they refill from the store when touched.
+    /// Drops every clean resident page that is not [locked](Self::lock); they
+    /// refill from the store when touched. This is the safe way to give
+    /// memory back: `madvise(MADV_DONTNEED)` on the mapping would drop dirty
+    /// pages too (reported by the next flush as [`Error::Discarded`]).
     pub fn evict(&self) -> Result<()> {
-        self.check_handler()?;
+        self.usable()?;
         self.engine.evict()
     }
 
     /// Tells the mapping that the store has room again: faults waiting for
-    /// space (policy [`OnFull::Wait`](crate::OnFull::Wait)) retry.
+    /// space (policy [`OnFull::Wait`](crate::OnFull::Wait)) retry. Does
+    /// nothing in a forked child.
     pub fn notify_space_freed(&self) {
-        self.engine.doorbell.ring();
+        if self.engine.check_owner().is_ok() {
+            // Lifting a fence only fails if mprotect does; the doorbell still rings.
+            let _ = self.engine.space_freed();
+        }
     }
 
-    /// Counters and flag totals.
+    /// Counters and flag totals. In a forked child only the counters and the
+    /// length are filled in (the flags may be locked by a parent thread that
+    /// does not exist there).
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
-        {
+        if self.engine.check_owner().is_ok() {
             let flags = self.engine.lock_flags();
-            stats.len = flags.eof();
             stats.blocks_allocated = flags.allocated_blocks();
             stats.pages_resident = flags.resident_count();
             stats.pages_dirty = flags.dirty_count();
         }
+        stats.len = self.len();
         stats.block_size = self.engine.geo.block;
         self.engine.counters.snapshot(&mut stats);
         stats
     }
 
-    /// Why the most recent SIGBUS was sent, for a signal handler or a log.
+    /// Why the most recent access was failed (SIGBUS, `EFAULT`), for a log.
+    /// It takes a lock and allocates: do not call it from a signal handler.
     pub fn last_fault_error(&self) -> Option<String> {
+        self.engine.check_owner().ok()?;
         self.engine.last_fault_error()
     }
 
     /// Checks the flags' invariants (DESIGN rule 1 and residency); for tests.
     #[doc(hidden)]
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.usable().map_err(|e| e.to_string())?;
         self.engine.lock_flags().check()
     }
 
-    fn check_handler(&self) -> Result<()> {
+    /// The checks every call makes first: the caller is the process that
+    /// opened the mapping, and the handler has not failed.
+    fn usable(&self) -> Result<()> {
+        self.engine.check_owner()?;
         match self.engine.handler_failure() {
             Some(why) => Err(Error::HandlerFailed(why)),
             None => Ok(()),
         }
     }
 
+    fn usable_for_writing(&self) -> Result<()> {
+        self.usable()?;
+        self.engine.check_writable()
+    }
+
+    fn owned_or_panic(&self) {
+        if let Err(e) = self.engine.check_owner() {
+            panic!("{e}");
+        }
+    }
+
     /// Flushes, then tears down; returns the flush's (or the handler's) error.
+    /// In a forked child it does nothing and returns [`Error::Forked`].
     pub fn close(mut self) -> Result<()> {
+        self.engine.check_owner()?;
         self.teardown()
     }
 
@@ -274,7 +379,9 @@ impl Mapping {
         let Some(handler) = self.handler.take() else {
             return Ok(());
         };
-        let flushed = self.engine.flush(0..self.engine.geo.pages());
+        let flushed = self
+            .usable()
+            .and_then(|()| self.engine.flush(0..self.engine.geo.pages()));
         self.engine.stopping.store(true, Ordering::SeqCst);
         self.engine.doorbell.ring();
         let joined = handler.join();
@@ -287,12 +394,21 @@ impl Mapping {
         if joined.is_err() {
             return Err(Error::HandlerFailed("the handler thread panicked".into()));
         }
-        self.check_handler()
+        self.usable()
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.engine.check_owner().is_err() {
+            // A forked child: the handler thread, the memory and the store's
+            // state are the parent's. Touch nothing; never drop the engine
+            // here (unmapping its address range could hit the child's own
+            // mappings there), so leak one reference to it and the handle.
+            std::mem::forget(self.handler.take());
+            std::mem::forget(Arc::clone(&self.engine));
+            return;
+        }
         // Best effort: a caller who needs the flush's error calls `close`.
         let _ = self.teardown();
     }

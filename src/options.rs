@@ -98,6 +98,7 @@ pub struct MappingOptions {
     pub(crate) on_full: OnFull,
     pub(crate) create: bool,
     pub(crate) uffd_fallback: bool,
+    pub(crate) read_only: bool,
 }
 
 impl Default for MappingOptions {
@@ -108,6 +109,7 @@ impl Default for MappingOptions {
             on_full: OnFull::Sigbus,
             create: false,
             uffd_fallback: true,
+            read_only: false,
         }
     }
 }
@@ -149,8 +151,42 @@ impl MappingOptions {
         self
     }
 
+    /// Map for reading only: [`open`](Self::open) opens the file read-only
+    /// (so a file the process may only read can be mapped), the memory is
+    /// read-only (a store through it gets SIGSEGV, a system call `EFAULT`, as
+    /// with a `PROT_READ` mmap), and every call that would change the file
+    /// returns [`Error::ReadOnlyMapping`].
+    ///
+    /// ```no_run
+    /// let map = mkwrite::MappingOptions::new().read_only(true).open("/etc/hostname")?;
+    /// let mut name = vec![0; map.len() as usize];
+    /// map.read(0, &mut name)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_only(&mut self, yes: bool) -> &mut Self {
+        self.read_only = yes;
+        self
+    }
+
     /// Maps the file at `path` through a [`FileStore`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Open`] naming the file if it cannot be opened (it does not
+    /// exist and [`create`](Self::create) is off, say), [`Error::ReadOnly`] if
+    /// it may not be written and [`read_only`](Self::read_only) is off.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Mapping> {
+        if self.read_only {
+            if self.create {
+                return Err(Error::ReadOnlyMapping);
+            }
+            let store = FileStore::open_read_only(path)?;
+            let store = match self.block_size {
+                Some(b) => store.with_block_size(b)?,
+                None => store,
+            };
+            return self.map_store(store);
+        }
         let store = if self.create {
             FileStore::create(path)?
         } else {

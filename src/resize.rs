@@ -12,12 +12,10 @@ use crate::geometry::intersect;
 impl Engine {
     pub fn set_len(&self, new: u64) -> Result<()> {
         if new > self.geo.capacity {
-            return Err(out_of_range(
-                "set_len beyond the mapping's capacity",
-                new,
-                0,
-                self.geo.capacity,
-            ));
+            return Err(Error::BeyondCapacity {
+                len: new,
+                capacity: self.geo.capacity,
+            });
         }
         let _layout = self.layout_exclusive();
         let mut flags = self.lock_flags();
@@ -46,13 +44,16 @@ impl Engine {
             // below and EOF moving, where no block would be allocated for it.
             self.protect(flags, &[page])?;
         }
+        // Pages an access past EOF poisoned become file data: clear the marks
+        // first (a thread touching one meanwhile faults and waits for the lock).
+        self.unpoison(flags, self.geo.page_of(old)..new.div_ceil(self.geo.page))?;
         self.store.set_len(new)?;
-        flags.set_eof(new);
+        self.set_eof(flags, new);
         if !straddles {
             return Ok(());
         }
         let tail = within..(new - page * self.geo.page).min(self.geo.page);
-        if !self.is_zero(page, &tail) {
+        if !self.is_zero(flags, page, &tail)? {
             let tail = tail.start as usize..tail.end as usize;
             self.rewrite(flags, page, false, |buf| buf[tail].fill(0))?;
         }
@@ -63,7 +64,7 @@ impl Engine {
     /// new last page is zeroed, and the store frees the blocks.
     fn shrink(&self, flags: &mut Flags, old: u64, new: u64) -> Result<()> {
         self.store.set_len(new)?;
-        flags.set_eof(new);
+        self.set_eof(flags, new);
         flags.forget_allocated(new.div_ceil(self.geo.block)..u64::MAX);
         let dead = flags.resident_pages(
             new.div_ceil(self.geo.page)..old.div_ceil(self.geo.page),
@@ -74,18 +75,26 @@ impl Engine {
         let within = new % self.geo.page;
         if within != 0 && flags.residency(page) != Residency::Absent {
             let tail = within..self.geo.page;
-            if !self.is_zero(page, &tail) {
+            if !self.is_zero(flags, page, &tail)? {
                 self.rewrite(flags, page, false, |buf| buf[within as usize..].fill(0))?;
             }
         }
+        self.space_freed()
+    }
+
+    /// Blocks were freed: fenced accesses may succeed now, and faults
+    /// waiting for space retry.
+    pub fn space_freed(&self) -> Result<()> {
+        self.lift_all_fences()?;
         self.doorbell.ring();
         Ok(())
     }
 
-    fn is_zero(&self, page: u64, range: &Range<u64>) -> bool {
+    /// Whether `range` of the resident `page` is all zeros; a page found gone
+    /// from memory is not (so the caller rewrites it from the store).
+    fn is_zero(&self, flags: &mut Flags, page: u64, range: &Range<u64>) -> io::Result<bool> {
         let mut buf = vec![0u8; (range.end - range.start) as usize];
-        self.copy_out(page, range.clone(), &mut buf);
-        buf.iter().all(|&b| b == 0)
+        Ok(self.copy_resident(flags, page, range.clone(), &mut buf)? && buf.iter().all(|&b| b == 0))
     }
 
     /// Zeroes `[offset, offset + len)` below EOF in memory and frees the blocks
@@ -117,8 +126,7 @@ impl Engine {
         for page in self.geo.pages_overlapping(&(offset..end)) {
             self.punch_page(&mut flags, page, &(offset..end), &freed)?;
         }
-        self.doorbell.ring();
-        Ok(())
+        self.space_freed()
     }
 
     fn punch_page(&self, flags: &mut Flags, page: u64, zero: &Range<u64>, freed: &Range<u64>) -> Result<()> {
@@ -141,11 +149,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Drops every clean resident page; they refill from the store when touched.
+    /// Drops every clean resident page that is not locked; they refill from
+    /// the store when touched.
     pub fn evict(&self) -> Result<()> {
         let _layout = self.layout_exclusive();
         let mut flags = self.lock_flags();
-        let clean = flags.resident_pages(0..self.geo.pages(), |_, dirty| !dirty);
+        let mut clean = flags.resident_pages(0..self.geo.pages(), |_, dirty| !dirty);
+        clean.retain(|&p| !flags.is_locked(p));
         self.discard(&mut flags, &clean)?;
         Ok(())
     }
@@ -153,7 +163,16 @@ impl Engine {
     /// Allocates the blocks under `[offset, offset + len)` (within EOF), like
     /// `fallocate`. Returns how many bytes from `offset` are reserved on failure.
     pub fn reserve(&self, offset: u64, len: u64) -> std::result::Result<(), (u64, Error)> {
+        // EOF is checked under the layout lock: a shrink cannot then slip in
+        // between and leave blocks allocated past EOF that nothing frees.
         let _layout = self.layout_shared();
+        let eof = self.lock_flags().eof();
+        if offset.checked_add(len).is_none_or(|end| end > eof) {
+            return Err((
+                0,
+                out_of_range("reserve beyond the end of the file", offset, len, eof),
+            ));
+        }
         let blocks = self.geo.blocks_overlapping(&(offset..offset + len));
         let chunk = ((1 << 20) / self.geo.block).max(1);
         let mut start = blocks.start;

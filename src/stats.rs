@@ -33,6 +33,14 @@ pub struct Stats {
     pub sigbus_sent: u64,
     /// Faults parked to wait for space.
     pub faults_parked: u64,
+    /// Accesses past EOF failed by poisoning the page (SIGBUS for a thread,
+    /// `EFAULT` for a system call, as with the kernel's mmap).
+    pub faults_poisoned: u64,
+    /// System calls failed with `EFAULT` by fencing a page (see the crate docs).
+    pub faults_fenced: u64,
+    /// Dirty pages found dropped from memory behind the mapping's back
+    /// (`madvise`); their unflushed bytes are reported by the next flush.
+    pub pages_discarded: u64,
     /// Completed flushes.
     pub flushes: u64,
     /// Bytes written to the store by flushes.
@@ -51,6 +59,9 @@ pub(crate) struct Counters {
     allocation_failures: AtomicU64,
     sigbus: AtomicU64,
     parked: AtomicU64,
+    poisoned: AtomicU64,
+    fenced: AtomicU64,
+    discarded: AtomicU64,
     flushes: AtomicU64,
     bytes_flushed: AtomicU64,
     handler_nanos: AtomicU64,
@@ -90,6 +101,18 @@ impl Counters {
         bump(&self.parked, 1);
     }
 
+    pub fn poisoned(&self) {
+        bump(&self.poisoned, 1);
+    }
+
+    pub fn fenced(&self) {
+        bump(&self.fenced, 1);
+    }
+
+    pub fn discarded(&self) {
+        bump(&self.discarded, 1);
+    }
+
     pub fn flushed(&self, bytes: u64) {
         bump(&self.flushes, 1);
         bump(&self.bytes_flushed, bytes);
@@ -110,6 +133,9 @@ impl Counters {
         stats.allocation_failures = get(&self.allocation_failures);
         stats.sigbus_sent = get(&self.sigbus);
         stats.faults_parked = get(&self.parked);
+        stats.faults_poisoned = get(&self.poisoned);
+        stats.faults_fenced = get(&self.fenced);
+        stats.pages_discarded = get(&self.discarded);
         stats.flushes = get(&self.flushes);
         stats.bytes_flushed = get(&self.bytes_flushed);
         stats.handler_time = Duration::from_nanos(get(&self.handler_nanos));

@@ -4,7 +4,6 @@
 mod common;
 
 use std::fs::File;
-use std::process::Command;
 
 use common::Mount;
 use mkwrite::{Error, FileStore, Mapping, MappingOptions, MemStore, QuotaStore, Store};
@@ -36,12 +35,7 @@ fn read_only_files_are_refused() {
     std::fs::write(&path, b"data").unwrap();
     let err = FileStore::from_file(File::open(&path).unwrap(), Some(path.clone())).unwrap_err();
     assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
-    let status = Command::new("mount")
-        .args(["-o", "remount,ro"])
-        .arg(fs.dir.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    fs.remount_read_only();
     let err = Mapping::open(&path).unwrap_err();
     assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
@@ -53,12 +47,68 @@ fn read_only_files_are_refused() {
 }
 
 #[test]
-fn missing_files_are_io_errors() {
+fn missing_files_are_open_errors_that_name_the_file() {
     let err = Mapping::open("/nonexistent/mkwrite/file").unwrap_err();
     assert!(
-        matches!(&err, Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound),
+        matches!(&err, Error::Open { path, source } if source.kind() == std::io::ErrorKind::NotFound
+            && path == std::path::Path::new("/nonexistent/mkwrite/file")),
         "{err}"
     );
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert!(err.to_string().contains("/nonexistent/mkwrite/file"), "{err}");
+}
+
+#[test]
+fn read_only_errors_show_the_path_plainly() {
+    let fs = Mount::tmpfs(1 << 20);
+    let path = fs.path("ro");
+    std::fs::write(&path, b"x").unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let err = mkwrite::FileStore::from_file(file, Some(path.clone())).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("{} is read-only", path.display())),
+        "{text}"
+    );
+    assert!(!text.contains("Some("), "{text}");
+}
+
+#[test]
+fn a_capacity_the_address_space_cannot_hold_says_so() {
+    let store = MemStore::new(4096, 1).unwrap();
+    // 2^62 bytes: a power of two so rounding cannot overflow, far beyond the
+    // 47-bit user address space.
+    let err = MappingOptions::new()
+        .capacity(1 << 62)
+        .map_store(store)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::CapacityUnavailable { capacity, .. } if capacity == 1 << 62),
+        "{err}"
+    );
+    assert!(err.to_string().contains("smaller capacity"), "{err}");
+    let store = MemStore::new(4096, 1).unwrap();
+    let err = MappingOptions::new()
+        .capacity(u64::MAX)
+        .map_store(store)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::CapacityUnavailable { .. }),
+        "rounding up overflows: {err}"
+    );
+}
+
+#[test]
+fn set_len_beyond_capacity_says_to_raise_the_capacity() {
+    let store = MemStore::new(4096, 4).unwrap();
+    let map = MappingOptions::new().capacity(16384).map_store(store).unwrap();
+    let err = map.set_len(1 << 20).unwrap_err();
+    assert!(
+        matches!(err, Error::BeyondCapacity { len, capacity } if len == 1 << 20 && capacity == 16384),
+        "{err}"
+    );
+    assert!(err.to_string().contains("larger capacity"), "{err}");
+    assert!(!err.to_string().contains("offset"), "{err}");
 }
 
 #[test]

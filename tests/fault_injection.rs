@@ -11,11 +11,11 @@
 mod common;
 mod fsx;
 
+use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use common::injector::{Call, Fault, Injector};
+use common::injector::{Call, Fault, Fired, Injector, State};
 use common::{BLOCK_SIZES, Mount, page_size};
 use fsx::ops::{CAPACITY, Generator, Op, data};
 use mkwrite::{Error, FileStore, FullAction, Mapping, MappingOptions, OnFull};
@@ -31,19 +31,39 @@ fn workload(seed: u64, block: u64, ops: usize) -> Vec<Op> {
         .collect()
 }
 
-/// One run of `ops` with `fault` injected; returns the injector for its counts.
+/// One run of `ops` with `fault` injected; returns the injector, whose state
+/// says what became of the fault. Every op that made the store fail must
+/// itself report the failure: a fault still unreported after the op that
+/// fired it fails the run.
 fn run(dir: &Path, block: u64, ops: &[Op], fault: Option<(Fault, u64)>) -> Arc<Injector<FileStore>> {
     let path = dir.join("swept");
     let _ = std::fs::remove_file(&path);
     let store = FileStore::create(&path).unwrap().with_block_size(block).unwrap();
     let injector = Arc::new(Injector::new(store, fault));
-    let raw_faults: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = Arc::clone(&raw_faults);
+    let page = page_size();
+    // The fault handler's reports (a raw write's allocation), checked after
+    // each op: the callback must not panic, that would fail the handler.
+    let raw_reports: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (seen, reporter) = (Arc::clone(&raw_reports), Arc::clone(&injector));
     let map = MappingOptions::new()
         .capacity(CAPACITY)
         .on_full(OnFull::callback(move |full| {
-            // The raw write's report; the fault has cleared, so a retry succeeds.
-            seen.lock().unwrap().push(format!("{:?}", full.error));
+            // A raw write's report is this call, for a page over the block
+            // without space; reported, the fault clears and the retry succeeds.
+            let verdict = reporter.report(full.error, |fired| {
+                let bytes = block_bytes(fired, block)?;
+                let page_bytes = full.offset / page * page..(full.offset / page + 1) * page;
+                if overlaps(&page_bytes, &bytes) {
+                    Ok(())
+                } else {
+                    Err(format!("reported for page {page_bytes:?}, not over {bytes:?}"))
+                }
+            });
+            if let Err(e) = verdict {
+                seen.lock()
+                    .unwrap()
+                    .push(format!("raw write at {}: {e}", full.offset));
+            }
             FullAction::Retry
         }))
         .map_store(Arc::clone(&injector))
@@ -52,57 +72,89 @@ fn run(dir: &Path, block: u64, ops: &[Op], fault: Option<(Fault, u64)>) -> Arc<I
         map: &map,
         path: &path,
         model: Vec::new(),
-        fault: fault.map(|(f, _)| f),
-        reports: 0,
-        page: page_size(),
+        injector: &injector,
+        raw_reports: &raw_reports,
+        block,
+        page,
     };
     for (at, &op) in ops.iter().enumerate() {
-        let (fired_before, reports_before) = (injector.fired.load(Ordering::SeqCst), run.reports);
-        run.apply(op)
-            .unwrap_or_else(|e| panic!("{fault:?}: op {at} ({op}): {e}"));
-        let fired_here = !fired_before && injector.fired.load(Ordering::SeqCst);
-        if fired_here && run.reports == reports_before && matches!(op, Op::Reserve { .. }) {
-            // Reserve retries a failed run block by block to count exactly
-            // what it got; a fault that cleared is absorbed by that retry,
-            // and the Ok is true: every block was allocated.
-            run.reports += 1;
-        }
+        let what = format!("{fault:?}: op {at} ({op})");
+        run.apply(op).unwrap_or_else(|e| panic!("{what}: {e}"));
+        run.settled(&what);
     }
     // The last flush and the close may meet the fault too (the dry run counted
     // their calls): a failed flush is retried, and then the file must equal
     // the model.
-    run.apply(Op::Flush)
-        .unwrap_or_else(|e| panic!("{fault:?}: final flush: {e}"));
+    let what = format!("{fault:?}: final flush");
+    run.apply(Op::Flush).unwrap_or_else(|e| panic!("{what}: {e}"));
+    run.settled(&what);
     let file = common::read_file(&path);
     assert!(file == run.model, "{fault:?}: the file differs from the model");
-    let mut reports = run.reports;
     if let Err(error) = map.close() {
-        assert!(
-            fault.is_some_and(|(f, _)| f.reported_as(&error)),
-            "{fault:?}: close: {error:?}"
-        );
-        reports += 1;
+        injector
+            .report(&error, |_| Ok(()))
+            .unwrap_or_else(|e| panic!("{fault:?}: close: {e}"));
     }
-    let raw_reports = raw_faults.lock().unwrap().clone();
-    for report in &raw_reports {
-        let expected = if fault.is_some_and(|(f, _)| f == Fault::Quota) {
-            "Quota"
-        } else {
-            "NoSpace"
-        };
-        assert!(
-            report.starts_with(expected),
-            "{fault:?}: raw write reported {report}"
-        );
-    }
-    let reports = reports + raw_reports.len();
-    let fired = injector.fired.load(Ordering::SeqCst);
-    assert_eq!(
-        reports,
-        usize::from(fired),
-        "{fault:?}: fired {fired}, reported {reports} times"
-    );
+    settled(&injector, &raw_reports, &format!("{fault:?}: close"));
     injector
+}
+
+/// After an op: every report it made matched, and a fault it fired was
+/// reported by it (not absorbed, not left for a later call).
+fn settled(injector: &Injector<FileStore>, raw_reports: &Mutex<Vec<String>>, what: &str) {
+    let raw = std::mem::take(&mut *raw_reports.lock().unwrap());
+    assert!(raw.is_empty(), "{what}: {raw:?}");
+    match injector.state() {
+        State::Armed | State::Reported(_) => {}
+        State::Fired(fired) => {
+            panic!("{what}: the store failed with {fired:?}, and the call returned no error for it")
+        }
+        State::Misreported { fired, why } => panic!("{what}: {fired:?} misreported: {why}"),
+    }
+}
+
+/// The bytes of the block an allocation fault has no space for.
+fn block_bytes(fired: &Fired, block: u64) -> Result<Range<u64>, String> {
+    let b = fired
+        .block
+        .ok_or_else(|| format!("{fired:?} is not an allocation fault"))?;
+    Ok(b * block..(b + 1) * block)
+}
+
+fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
+    a.start < b.end && b.start < a.end
+}
+
+/// How many bytes a checked write of `[offset, offset + len)` lands when the
+/// allocation for `fired`'s block fails: those of the pages before the first
+/// of its pages over that block (each page is made ready, then copied).
+fn write_done(fired: &Fired, block: u64, page: u64, offset: u64, len: u64) -> Result<u64, String> {
+    let bytes = block_bytes(fired, block)?;
+    let end = offset + len;
+    let first = (offset / page..end.div_ceil(page))
+        .find(|p| overlaps(&(p * page..(p + 1) * page), &bytes))
+        .ok_or_else(|| format!("no page of the write {offset}..{end} lies over {bytes:?}"))?;
+    Ok((first * page).max(offset) - offset)
+}
+
+/// How many bytes from `offset` a reserve of `[offset, offset + len)` has
+/// reserved when `fired`'s block has no space: every block before it.
+fn reserve_done(fired: &Fired, block: u64, offset: u64, len: u64) -> Result<u64, String> {
+    let bytes = block_bytes(fired, block)?;
+    if !overlaps(&bytes, &(offset..offset + len)) {
+        return Err(format!("the reserve {offset}+{len} does not cover {bytes:?}"));
+    }
+    Ok(bytes.start.saturating_sub(offset).min(len))
+}
+
+/// Accepts a reported `done` if it is the `expected` count.
+fn done_is(done: usize, expected: Result<u64, String>) -> Result<(), String> {
+    let expected = expected?;
+    if done as u64 == expected {
+        Ok(())
+    } else {
+        Err(format!("done {done}, expected {expected}"))
+    }
 }
 
 struct Run<'a> {
@@ -110,13 +162,19 @@ struct Run<'a> {
     path: &'a Path,
     /// The file as it must be: `[0, EOF)`.
     model: Vec<u8>,
-    fault: Option<Fault>,
-    /// Errors the checked calls returned, each checked against `fault`.
-    reports: usize,
+    injector: &'a Injector<FileStore>,
+    /// Mismatched reports made by the fault handler's callback.
+    raw_reports: &'a Mutex<Vec<String>>,
+    block: u64,
     page: u64,
 }
 
 impl Run<'_> {
+    /// After an op: see [`settled`].
+    fn settled(&self, what: &str) {
+        settled(self.injector, self.raw_reports, what);
+    }
+
     fn eof(&self) -> u64 {
         self.model.len() as u64
     }
@@ -157,7 +215,10 @@ impl Run<'_> {
                         .copy_from_slice(&bytes[..(end - offset) as usize]);
                 }
                 if let Some(error) = error {
-                    self.report(&error)?;
+                    let (block, page) = (self.block, self.page);
+                    self.report(&error, |f| {
+                        done_is(landed, write_done(f, block, page, offset, len))
+                    })?;
                 }
             }
             Op::Read { offset, len, .. } => self.expect_range(offset, len)?,
@@ -171,7 +232,10 @@ impl Run<'_> {
             }
             Op::Reserve { offset, len } => {
                 if let Err(partial) = self.map.reserve(offset, len) {
-                    self.report(&partial.error)?;
+                    let block = self.block;
+                    self.report(&partial.error, |f| {
+                        done_is(partial.done, reserve_done(f, block, offset, len))
+                    })?;
                 }
             }
             Op::Flush => self.flush(self.map.flush())?,
@@ -182,13 +246,15 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// A reported error must be the injected one, and nothing written before
-    /// it may be lost.
-    fn report(&mut self, error: &Error) -> Result<(), String> {
-        if !self.fault.is_some_and(|f| f.reported_as(error)) {
-            return Err(format!("unexpected error {error:?}"));
-        }
-        self.reports += 1;
+    /// A reported error must be the report of the injected fault, which
+    /// fired and is not reported yet: its kind, and what `check` asks (the
+    /// `done` count). Nothing written before it may be lost.
+    fn report(
+        &mut self,
+        error: &Error,
+        check: impl FnOnce(&Fired) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.injector.report(error, check)?;
         self.expect_range(0, self.eof())
     }
 
@@ -196,7 +262,7 @@ impl Run<'_> {
     /// cleared) writes it, and the file then equals the model.
     fn flush(&mut self, result: mkwrite::Result<()>) -> Result<(), String> {
         if let Err(error) = result {
-            self.report(&error)?;
+            self.report(&error, |_| Ok(()))?;
             self.map
                 .flush()
                 .map_err(|e| format!("the flush after a failed one: {e}"))?;
@@ -224,11 +290,21 @@ impl Run<'_> {
     }
 }
 
-/// Sweeps every fault over every call of its kind that the workload makes.
-fn sweep(dir: &Path, block: u64, seed: u64, ops: usize) -> u64 {
+/// What a sweep did.
+struct Swept {
+    runs: u64,
+    /// Faults the store returned again to a retry before they were reported
+    /// (reserve retrying a failed run block by block).
+    held: u64,
+}
+
+/// Sweeps every fault over every call of its kind that the workload makes;
+/// each must fire and be reported by the call that fired it.
+fn sweep(dir: &Path, block: u64, seed: u64, ops: usize) -> Swept {
     let ops = workload(seed, block, ops);
     let dry = run(dir, block, &ops, None);
-    let mut runs = 0;
+    assert_eq!(dry.state(), State::Armed, "the dry run injects nothing");
+    let mut swept = Swept { runs: 0, held: 0 };
     for fault in Fault::ALL {
         let calls = dry.calls(fault.call());
         assert!(
@@ -238,27 +314,34 @@ fn sweep(dir: &Path, block: u64, seed: u64, ops: usize) -> u64 {
         );
         for n in 0..calls {
             let injector = run(dir, block, &ops, Some((fault, n)));
-            assert!(
-                injector.fired.load(Ordering::SeqCst),
-                "{fault:?} #{n} never fired"
-            );
-            runs += 1;
+            match injector.state() {
+                State::Reported(fired) => swept.held += u64::from(fired.times > 1),
+                other => panic!("{fault:?} #{n}: not reported: {other:?}"),
+            }
+            swept.runs += 1;
         }
     }
     println!(
-        "block {block}, seed {seed}: {} ops; {} allocations, {} writes, {} syncs; {runs} faulty runs",
+        "block {block}, seed {seed}: {} ops; {} allocations, {} writes, {} syncs; \
+         {} faulty runs, each fault reported, {} met again by a retry",
         ops.len(),
         dry.calls(Call::Allocate),
         dry.calls(Call::Write),
-        dry.calls(Call::Sync)
+        dry.calls(Call::Sync),
+        swept.runs,
+        swept.held
     );
-    runs
+    swept
 }
 
 #[test]
 fn every_injected_fault_is_reported_and_loses_nothing() {
     let fs = Mount::tmpfs(64 << 20);
-    sweep(fs.dir.path(), 1024, 1, 120);
+    let swept = sweep(fs.dir.path(), 1024, 1, 120);
+    assert!(
+        swept.held > 0,
+        "the workload never has a retry meet a held fault (reserve of several blocks)"
+    );
 }
 
 #[test]
@@ -268,7 +351,7 @@ fn long_sweep() {
     let mut runs = 0;
     for seed in 2..6 {
         for block in BLOCK_SIZES {
-            runs += sweep(fs.dir.path(), block, seed, 200);
+            runs += sweep(fs.dir.path(), block, seed, 200).runs;
         }
     }
     println!("{runs} faulty runs in all");

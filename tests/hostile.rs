@@ -18,7 +18,7 @@ const EOF: u64 = 10_000;
 type Call = fn(&Mapping) -> Result<(), Error>;
 
 fn out_of_range(e: &Error) -> bool {
-    matches!(e, Error::OutOfRange { .. })
+    matches!(e, Error::OutOfRange { .. } | Error::BeyondCapacity { .. })
 }
 
 /// Every public call that takes an offset, a length or a size, with the
@@ -101,13 +101,7 @@ fn bad_options_get_typed_errors() {
 /// A file 16 pages long, written and flushed through a mapping.
 fn mapped_file(fs: &Mount) -> (std::path::PathBuf, Mapping) {
     let path = fs.path("shared");
-    let map = MappingOptions::new()
-        .capacity(1 << 20)
-        .block_size(1024)
-        .create(true)
-        .open(&path)
-        .unwrap();
-    map.set_len(64 << 10).unwrap();
+    let map = common::kib_block_mapping(&path, 64 << 10);
     map.write(0, &pattern(7, 64 << 10)).unwrap();
     map.flush().unwrap();
     (path, map)

@@ -111,6 +111,13 @@ fn userfaultfd_refused_then_fallback() {
         "the error says what to do: {stdout}"
     );
     assert!(stdout.contains("fallback: UserModeOnly ok"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "read(2) before populate: -1 Some({}), after: 16",
+            libc::EFAULT
+        )),
+        "{stdout}"
+    );
 }
 
 static EXPECTED_ADDRESS: AtomicUsize = AtomicUsize::new(0);
@@ -184,6 +191,27 @@ fn child(case: &str) {
             map.read(0, &mut back).unwrap();
             assert_eq!(&back, b"works");
             println!("fallback: {:?} ok", map.userfaultfd_origin());
+            // A system call cannot fault a page in here; populate first.
+            let target = map.as_ptr() as usize + 4096;
+            let read_into = || {
+                let file = std::fs::File::open("/proc/self/exe").unwrap();
+                // SAFETY: the destination is the mapping's memory; the kernel checks it.
+                unsafe {
+                    libc::read(
+                        std::os::fd::AsRawFd::as_raw_fd(&file),
+                        target as *mut libc::c_void,
+                        16,
+                    )
+                }
+            };
+            let before = read_into();
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            map.populate(4096, 4096, true).unwrap();
+            println!(
+                "read(2) before populate: {before} {errno:?}, after: {}",
+                read_into()
+            );
+            map.flush().unwrap();
         }
         other => panic!("unknown child case {other}"),
     }

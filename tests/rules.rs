@@ -3,8 +3,10 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 
+use common::strace::{self, Syscall};
 use common::{BLOCK_SIZES, Mount, pattern, read_file};
 use mkwrite::{FileStore, Mapping, MappingOptions, MemStore, Stats, Store};
 
@@ -218,16 +220,68 @@ fn an_existing_file_opens_with_its_data_and_allocation() {
     assert_eq!(read_file(&path), expect);
 }
 
+/// Set in the traced child of [`a_file_store_grows_and_syncs_its_directory`]:
+/// the directory it works in.
+const TRACED_DIR: &str = "MKWRITE_TEST_TRACED_DIR";
+
+/// The store syncs the file's directory in `sync` after a create (so the new
+/// name is durable) and again after a resize: a successful `fsync` of the
+/// directory after each, seen in the system calls under strace (which must
+/// be installed: CI's `.ci/run` installs it).
 #[test]
 fn a_file_store_grows_and_syncs_its_directory() {
+    if let Some(dir) = std::env::var_os(TRACED_DIR) {
+        return create_flush_grow_close(&Path::new(&dir).join("new"));
+    }
     let fs = Mount::tmpfs(16 << 20);
-    let path = fs.path("new");
-    let store = FileStore::create(&path).unwrap();
+    let dir = fs.dir.path().canonicalize().unwrap();
+    let path = dir.join("new");
+    let calls = strace::trace_test(
+        "a_file_store_grows_and_syncs_its_directory",
+        (TRACED_DIR, dir.as_os_str()),
+        &["openat", "ftruncate", "fsync", "fdatasync"],
+    );
+    let (dir, path) = (dir.to_str().unwrap(), path.to_str().unwrap());
+    let ours: Vec<&Syscall> = calls.iter().filter(|c| c.args.contains(dir)).collect();
+    let created = ours
+        .iter()
+        .position(|c| {
+            c.name == "openat"
+                && c.args.contains(&format!("\"{path}\""))
+                && c.args.contains("O_CREAT")
+                && c.succeeded()
+        })
+        .unwrap_or_else(|| panic!("no creating open of {path}: {ours:#?}"));
+    let grown = ours
+        .iter()
+        .position(|c| {
+            c.name == "ftruncate" && c.fd_path() == Some(path) && c.arg(1) == Some("10000") && c.succeeded()
+        })
+        .unwrap_or_else(|| panic!("no ftruncate of {path} to 10000: {ours:#?}"));
+    assert!(created < grown, "{ours:#?}");
+    let dir_synced = |c: &&Syscall| {
+        matches!(c.name.as_str(), "fsync" | "fdatasync") && c.fd_path() == Some(dir) && c.succeeded()
+    };
+    assert!(
+        ours[created..grown].iter().any(dir_synced),
+        "the flush after the create did not sync {dir}: {ours:#?}"
+    );
+    assert!(
+        ours[grown..].iter().any(dir_synced),
+        "the close after the resize did not sync {dir}: {ours:#?}"
+    );
+    let file = read_file(Path::new(path));
+    assert_eq!(file.len(), 10_000);
+    assert!(file[9_000..].iter().all(|&b| b == 6));
+}
+
+/// The traced part: create (a new name in the directory), flush, grow (a new
+/// size), write, close.
+fn create_flush_grow_close(path: &Path) {
+    let store = FileStore::create(path).unwrap();
     let map = MappingOptions::new().capacity(1 << 20).map_store(store).unwrap();
+    map.flush().unwrap();
     map.set_len(10_000).unwrap();
     map.write(9_000, &[6; 1000]).unwrap();
     map.close().unwrap();
-    let file = read_file(&path);
-    assert_eq!(file.len(), 10_000);
-    assert!(file[9_000..].iter().all(|&b| b == 6));
 }

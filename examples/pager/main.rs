@@ -3,21 +3,32 @@
 
 mod demo;
 mod fill;
+mod report;
 mod script;
 mod setup;
 
-use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mkwrite::Error;
 
-use setup::{Common, parse_size};
+use report::{Failure, Out, outln, say};
+use setup::{Access, Common, origin_word, parse_size};
+
+const LONG_ABOUT: &str = "Memory-mapped files that fail at the fault, not at writeback.
+
+Sizes and offsets take 4096, 4K, 1M, 1G, 1T (powers of 1024).
+
+Exit status: 0 done; 1 an error (one line on stderr); 2 a usage error; 3 the store \
+is full (no space, or over --quota); 141 stdout was closed (a reader such as `head` \
+quit): the output stops quietly, with the status a shell shows for a program killed \
+by SIGPIPE.";
 
 #[derive(Parser)]
 #[command(
     name = "pager",
-    about = "Memory-mapped files that fail at the fault, not at writeback"
+    about = "Memory-mapped files that fail at the fault, not at writeback",
+    long_about = LONG_ABOUT
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,11 +39,14 @@ struct Cli {
 enum Command {
     /// Fill a small store through the mapping until it is full, and prove nothing was lost.
     Demo,
-    /// Print the file's bytes through the mapping.
+    /// Print the file's bytes through a read-only mapping.
     Cat {
-        file: std::path::PathBuf,
+        /// The file to print; it must exist and is opened read-only.
+        file: PathBuf,
+        /// The first byte to print.
         #[arg(long, value_parser = parse_size, default_value = "0")]
         offset: u64,
+        /// How many bytes to print, at most (default: to the end of the file).
         #[arg(long, value_parser = parse_size)]
         len: Option<u64>,
         #[command(flatten)]
@@ -40,19 +54,25 @@ enum Command {
     },
     /// Write bytes at OFFSET through the mapping, then flush.
     Write {
-        file: std::path::PathBuf,
+        /// The file to write; created if missing, grown to hold the bytes.
+        file: PathBuf,
+        /// Where the first byte goes.
         #[arg(value_parser = parse_size)]
         offset: u64,
+        /// The bytes to write, as text.
         #[arg(long, conflicts_with = "from", required_unless_present = "from")]
         data: Option<String>,
+        /// Write this file's contents instead of --data.
         #[arg(long)]
-        from: Option<std::path::PathBuf>,
+        from: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
     /// Set the file's length.
     Truncate {
-        file: std::path::PathBuf,
+        /// The file to resize; created if missing.
+        file: PathBuf,
+        /// The new length.
         #[arg(value_parser = parse_size)]
         len: u64,
         #[command(flatten)]
@@ -60,17 +80,21 @@ enum Command {
     },
     /// Zero a range and free its whole blocks.
     Punch {
-        file: std::path::PathBuf,
+        /// The file to punch; it must exist.
+        file: PathBuf,
+        /// Start of the range to zero.
         #[arg(value_parser = parse_size)]
         offset: u64,
+        /// Length of the range to zero; the whole blocks inside it are freed.
         #[arg(value_parser = parse_size)]
         len: u64,
         #[command(flatten)]
         common: Common,
     },
-    /// Length, block size, blocks allocated and holes.
+    /// Length, block size, blocks allocated, holes, and the userfaultfd mode.
     Stat {
-        file: std::path::PathBuf,
+        /// The file to describe; it must exist and is opened read-only.
+        file: PathBuf,
         #[command(flatten)]
         common: Common,
     },
@@ -78,36 +102,28 @@ enum Command {
     Fill(fill::FillArgs),
     /// Read commands from stdin, one per line; see the README for the protocol.
     Script {
-        file: std::path::PathBuf,
+        /// The file the commands work on; created if missing (unused with --store mem).
+        file: PathBuf,
+        /// Map the file read-only (it must exist): commands that would change it answer `err readonly 0`.
+        #[arg(long)]
+        read_only: bool,
         #[command(flatten)]
         common: Common,
     },
 }
 
-/// Exit codes: 0 ok, 1 error, 2 usage (clap), 3 the store is full.
-fn exit_for(err: &Error) -> ExitCode {
-    if err.is_full() {
-        ExitCode::from(3)
-    } else {
-        ExitCode::from(1)
-    }
-}
-
-fn hint(err: &Error) -> &'static str {
-    match err {
-        Error::NoSpace(_) => " (free space on the filesystem, or write less)",
-        Error::Quota(_) => " (raise --quota)",
-        Error::OutOfRange { .. } => " (check the offset against the file's length: `pager stat FILE`)",
-        Error::ReadOnly { .. } => " (check the file's permissions and mount)",
-        Error::Userfaultfd { .. } => "",
-        _ => "",
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Demo) {
-        Command::Demo => return demo::run(),
+    // The output is line-buffered: a last partial line fails only at this flush.
+    match run(cli.command.unwrap_or(Command::Demo)).and_then(|()| Out::new().flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.exit(),
+    }
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Demo => demo::run(),
         Command::Cat {
             file,
             offset,
@@ -121,92 +137,130 @@ fn main() -> ExitCode {
             from,
             common,
         } => write(&file, offset, data, from, &common),
-        Command::Truncate { file, len, common } => common.open(&file).and_then(|m| {
-            m.set_len(len)?;
-            m.close()
-        }),
+        Command::Truncate { file, len, common } => {
+            let map = common.open(&file, Access::Create)?;
+            map.set_len(len)?;
+            Ok(map.close()?)
+        }
         Command::Punch {
             file,
             offset,
             len,
             common,
-        } => common.open(&file).and_then(|m| {
-            m.punch_hole(offset, len)?;
-            m.close()
-        }),
+        } => {
+            end_of(offset, len)?;
+            let map = common.open(&file, Access::Existing)?;
+            map.punch_hole(offset, len)?;
+            Ok(map.close()?)
+        }
         Command::Stat { file, common } => stat(&file, &common),
         Command::Fill(args) => fill::run(&args),
-        Command::Script { file, common } => common.open(&file).map(|m| script::run(&m)),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pager: error: {e}{}", hint(&e));
-            exit_for(&e)
+        Command::Script {
+            file,
+            read_only,
+            common,
+        } => {
+            let access = if read_only {
+                Access::ReadOnly
+            } else {
+                Access::Create
+            };
+            script::run(&common.open(&file, access)?)
         }
     }
 }
 
-fn cat(file: &std::path::Path, offset: u64, len: Option<u64>, common: &Common) -> mkwrite::Result<()> {
-    let map = common.open(file)?;
-    let len = len.unwrap_or_else(|| map.len().saturating_sub(offset));
-    let end = offset.saturating_add(len).min(map.len());
-    let mut out = std::io::stdout().lock();
+/// `offset + len`, or a refusal when the range would pass the largest file offset.
+fn end_of(offset: u64, len: u64) -> Result<u64, Failure> {
+    offset.checked_add(len).ok_or_else(|| {
+        Failure::Other(format!(
+            "offset {offset} plus length {len} is past the largest file offset, {}",
+            u64::MAX
+        ))
+    })
+}
+
+fn cat(file: &Path, offset: u64, len: Option<u64>, common: &Common) -> Result<(), Failure> {
+    let map = common.open(file, Access::ReadOnly)?;
+    let end = match len {
+        Some(len) => end_of(offset, len)?,
+        None => map.len().max(offset),
+    };
+    if offset > map.len() {
+        return Err(mkwrite::Error::OutOfRange {
+            what: "cat past the end of the file",
+            offset,
+            end,
+            limit: map.len(),
+        }
+        .into());
+    }
+    let end = end.min(map.len());
+    let mut out = Out::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut at = offset;
     while at < end {
         let n = ((end - at) as usize).min(buf.len());
         map.read(at, &mut buf[..n])?;
-        out.write_all(&buf[..n])?;
+        out.bytes(&buf[..n])?;
         at += n as u64;
     }
-    out.flush()?;
-    Ok(())
+    out.flush()
 }
 
 fn write(
-    file: &std::path::Path,
+    file: &Path,
     offset: u64,
     data: Option<String>,
-    from: Option<std::path::PathBuf>,
+    from: Option<PathBuf>,
     common: &Common,
-) -> mkwrite::Result<()> {
+) -> Result<(), Failure> {
     let bytes = match (data, from) {
         (Some(s), _) => s.into_bytes(),
         (None, Some(p)) => std::fs::read(p)?,
         (None, None) => unreachable!("clap requires one"),
     };
-    let map = common.open(file)?;
-    let end = offset + bytes.len() as u64;
+    // Refuse before opening, so a refused request creates no file.
+    let end = end_of(offset, bytes.len() as u64)?;
+    let map = common.open(file, Access::Create)?;
     if end > map.len() {
         map.set_len(end)?;
     }
     if let Err(e) = map.write(offset, &bytes) {
         // Keep what landed: flush it before reporting.
         map.close()?;
-        eprintln!(
+        say(format_args!(
             "pager: {} of {} bytes written before the store refused the rest",
             e.done,
             bytes.len()
-        );
-        return Err(e.error);
+        ));
+        return Err(e.into());
     }
     map.close()?;
-    println!("wrote {} bytes at {offset}", bytes.len());
-    Ok(())
+    outln!(Out::new(), "wrote {} bytes at {offset}", bytes.len())
 }
 
-fn stat(file: &std::path::Path, common: &Common) -> mkwrite::Result<()> {
-    let store = common.store(file)?;
+fn stat(file: &Path, common: &Common) -> Result<(), Failure> {
+    let store = common.store(file, Access::ReadOnly)?;
     let allocated = store.allocated()?;
     let blocks: u64 = allocated.iter().map(|r| r.end - r.start).sum();
-    let len = store.len();
-    let total = len.div_ceil(store.block_size());
-    println!("len={len}");
-    println!("block_size={}", store.block_size());
-    println!("blocks={total}");
-    println!("blocks_allocated={blocks}");
-    println!("holes={}", holes(&allocated, total));
+    let (len, block_size) = (store.len(), store.block_size());
+    let total = len.div_ceil(block_size);
+    // The mode a mapping of this file gets on this system, as this user.
+    let origin = common.map(store, Access::ReadOnly)?.userfaultfd_origin();
+    let mut out = Out::new();
+    outln!(out, "len={len}")?;
+    outln!(out, "block_size={block_size}")?;
+    outln!(out, "blocks={total}")?;
+    outln!(out, "blocks_allocated={blocks}")?;
+    outln!(out, "holes={}", holes(&allocated, total))?;
+    outln!(out, "userfaultfd={}", origin_word(origin))?;
+    if origin == mkwrite::UffdOrigin::UserModeOnly {
+        say(format_args!(
+            "pager: note: userfaultfd is {}",
+            setup::origin_text(origin)
+        ));
+    }
     Ok(())
 }
 

@@ -6,12 +6,16 @@ use std::io::{BufRead, Write};
 use mkwrite::{Error, Mapping};
 use sha2::{Digest, Sha256};
 
+use super::report::Failure;
+use super::setup::origin_word;
+
 fn kind(e: &Error) -> &'static str {
     match e {
         Error::NoSpace(_) => "nospace",
         Error::Quota(_) => "quota",
-        Error::OutOfRange { .. } => "range",
+        Error::OutOfRange { .. } | Error::BeyondCapacity { .. } => "range",
         Error::InvalidBlockSize(_) | Error::CapacityBelowLength { .. } => "invalid",
+        Error::ReadOnly { .. } | Error::ReadOnlyMapping => "readonly",
         _ => "io",
     }
 }
@@ -82,7 +86,7 @@ pub fn answer(map: &Mapping, line: &str) -> Option<String> {
             let s = map.stats();
             format!(
                 "ok len={} block_size={} blocks_allocated={} pages_resident={} pages_dirty={} \
-                 faults_missing={} faults_wp={} flushes={}",
+                 faults_missing={} faults_wp={} flushes={} uffd={}",
                 s.len,
                 s.block_size,
                 s.blocks_allocated,
@@ -90,7 +94,8 @@ pub fn answer(map: &Mapping, line: &str) -> Option<String> {
                 s.pages_dirty,
                 s.faults_missing_read + s.faults_missing_write,
                 s.faults_write_protect,
-                s.flushes
+                s.flushes,
+                origin_word(map.userfaultfd_origin())
             )
         }
         _ => "err invalid 0".into(),
@@ -98,16 +103,17 @@ pub fn answer(map: &Mapping, line: &str) -> Option<String> {
     Some(reply)
 }
 
-pub fn run(map: &Mapping) {
-    let stdin = std::io::stdin();
-    let mut out = std::io::stdout();
-    for line in stdin.lock().lines() {
+/// Answers until stdin ends. A closed stdout ends the session too (nobody is
+/// left to answer), and its error picks the exit status like any output's.
+pub fn run(map: &Mapping) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         if let Some(reply) = answer(map, &line) {
-            // A closed stdout ends the session; there is nobody left to answer.
-            if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() {
-                break;
-            }
+            writeln!(out, "{reply}")
+                .and_then(|()| out.flush())
+                .map_err(Failure::Output)?;
         }
     }
+    Ok(())
 }

@@ -3,27 +3,55 @@
 use std::path::Path;
 
 use clap::{Args, ValueEnum};
-use mkwrite::{FileStore, Mapping, MappingOptions, MemStore, OnFull, QuotaStore, Store};
+use mkwrite::{
+    FileStore, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Mapping, MappingOptions, MemStore, OnFull, QuotaStore, Store,
+    UffdOrigin,
+};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum StoreKind {
+    /// The file named on the command line.
     File,
+    /// Memory of --mem-size bytes; the file is not touched.
     Mem,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum OnFullArg {
+    /// The faulting thread gets SIGBUS.
     Sigbus,
+    /// The faulting thread waits until space is freed.
     Wait,
+    /// Same as sigbus for raw writes; checked writes return the error.
     Error,
+}
+
+/// How a subcommand opens its file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read-write, created if missing.
+    Create,
+    /// Read-write; a missing file is an error, not a new empty file.
+    Existing,
+    /// Read-only, so a file the user may only read can be mapped; it must exist.
+    ReadOnly,
+}
+
+/// `--block-size`'s help, from the library's own limits.
+fn block_size_help() -> String {
+    format!(
+        "Block size: a power of two from {MIN_BLOCK_SIZE} B to {} MiB \
+         (default: the file system's block size)",
+        MAX_BLOCK_SIZE >> 20
+    )
 }
 
 #[derive(Args, Clone)]
 pub struct Common {
-    /// Block size, 512 B to 64 KiB (default: the file system's).
-    #[arg(long, value_parser = parse_size)]
+    // The help is built from mkwrite::{MIN,MAX}_BLOCK_SIZE so it cannot drift.
+    #[arg(long, value_parser = parse_size, help = block_size_help())]
     pub block_size: Option<u64>,
-    /// How far the file may grow without remapping.
+    /// How far the file may grow without remapping (default: its length or 1 GiB, the larger).
     #[arg(long, value_parser = parse_size)]
     pub capacity: Option<u64>,
     /// Bytes the store may hold (a quota; past it writes fail with `quota`).
@@ -41,10 +69,14 @@ pub struct Common {
 }
 
 impl Common {
-    pub fn store(&self, file: &Path) -> mkwrite::Result<Box<dyn Store>> {
+    pub fn store(&self, file: &Path, access: Access) -> mkwrite::Result<Box<dyn Store>> {
         let store: Box<dyn Store> = match self.store {
             StoreKind::File => {
-                let s = FileStore::create(file)?;
+                let s = match access {
+                    Access::Create => FileStore::create(file)?,
+                    Access::Existing => FileStore::open(file)?,
+                    Access::ReadOnly => FileStore::open_read_only(file)?,
+                };
                 Box::new(match self.block_size {
                     Some(b) => s.with_block_size(b)?,
                     None => s,
@@ -64,8 +96,12 @@ impl Common {
         })
     }
 
-    pub fn open(&self, file: &Path) -> mkwrite::Result<Mapping> {
-        let store = self.store(file)?;
+    pub fn open(&self, file: &Path, access: Access) -> mkwrite::Result<Mapping> {
+        self.map(self.store(file, access)?, access)
+    }
+
+    /// Maps a store made by [`store`](Self::store) with the same `access`.
+    pub fn map(&self, store: Box<dyn Store>, access: Access) -> mkwrite::Result<Mapping> {
         let mut opts = MappingOptions::new();
         if let Some(c) = self.capacity {
             opts.capacity(c);
@@ -74,7 +110,29 @@ impl Common {
             OnFullArg::Wait => OnFull::Wait,
             OnFullArg::Sigbus | OnFullArg::Error => OnFull::Sigbus,
         });
+        opts.read_only(access == Access::ReadOnly);
         opts.map_store(store)
+    }
+}
+
+/// The userfaultfd mode in one word, for `stat` and the script protocol.
+pub fn origin_word(origin: UffdOrigin) -> &'static str {
+    match origin {
+        UffdOrigin::Syscall => "syscall",
+        UffdOrigin::Device => "device",
+        UffdOrigin::UserModeOnly => "user-mode-only",
+    }
+}
+
+/// The userfaultfd mode with what it means for the user.
+pub fn origin_text(origin: UffdOrigin) -> &'static str {
+    match origin {
+        UffdOrigin::Syscall => "syscall",
+        UffdOrigin::Device => "device (/dev/userfaultfd)",
+        UffdOrigin::UserModeOnly => {
+            "user-mode only (system calls that touch non-resident pages get EFAULT; \
+             prefault ranges before passing them to read(2))"
+        }
     }
 }
 

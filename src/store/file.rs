@@ -29,6 +29,8 @@ pub struct FileStore {
     resize: Mutex<()>,
     /// The directory entry or the size changed since the last sync.
     dir_dirty: AtomicBool,
+    /// Opened for reading only: nothing is written, allocated or synced.
+    read_only: bool,
 }
 
 fn open_error(path: &Path, err: io::Error) -> Error {
@@ -37,7 +39,10 @@ fn open_error(path: &Path, err: io::Error) -> Error {
             path: Some(path.to_owned()),
             source: err,
         },
-        _ => Error::Io(err),
+        _ => Error::Open {
+            path: path.to_owned(),
+            source: err,
+        },
     }
 }
 
@@ -51,6 +56,18 @@ impl FileStore {
             .open(path)
             .map_err(|e| open_error(path, e))?;
         FileStore::from_file(file, Some(path.to_owned()))
+    }
+
+    /// Opens an existing file for reading only, for a read-only mapping
+    /// ([`MappingOptions::read_only`](crate::MappingOptions::read_only)):
+    /// writes, allocations and length changes fail with `EBADF`.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<FileStore> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::Open {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        FileStore::wrap(file, Some(path.to_owned()), true)
     }
 
     /// Opens a file read-write, creating it empty if it does not exist.
@@ -79,6 +96,10 @@ impl FileStore {
                 source: io::Error::from_raw_os_error(libc::EBADF),
             });
         }
+        FileStore::wrap(file, path, false)
+    }
+
+    fn wrap(file: File, path: Option<PathBuf>, read_only: bool) -> Result<FileStore> {
         let len = file.metadata()?.len();
         let block = check_block_size(sys::fs_block_size(&file)?.clamp(512, 1 << 20))?;
         Ok(FileStore {
@@ -88,6 +109,7 @@ impl FileStore {
             len: AtomicU64::new(len),
             resize: Mutex::new(()),
             dir_dirty: AtomicBool::new(false),
+            read_only,
         })
     }
 
@@ -198,6 +220,9 @@ impl Store for FileStore {
     }
 
     fn sync(&self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         sys::data_sync(&self.file)?;
         if self.dir_dirty.swap(false, Ordering::SeqCst)
             && let Some(dir) = self.path.as_ref().and_then(|p| p.parent())

@@ -1,6 +1,9 @@
-//! The anonymous reservation that mirrors the file (`mmap(2)`, `madvise(2)`).
+//! The anonymous reservation that mirrors the file (`mmap(2)`, `madvise(2)`,
+//! `mprotect(2)`, `mlock2(2)`), and reads of it that never fault (`/proc/self/mem`).
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
 
 /// An anonymous, private, `MAP_NORESERVE` reservation of `len` bytes.
@@ -12,6 +15,17 @@ use std::ptr::NonNull;
 pub(crate) struct Region {
     base: NonNull<u8>,
     len: usize,
+    /// `/proc/self/mem`, for copies that must not fault (see
+    /// [`Region::read_resident`]); `None` where `/proc` is not mounted.
+    mem: Option<File>,
+}
+
+/// What threads may do with a range of the region, as `mprotect(2)` sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    None,
+    Read,
+    ReadWrite,
 }
 
 // SAFETY: the region is plain memory owned by this struct; all mutation goes
@@ -23,15 +37,24 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Reserves `len` bytes (a multiple of the page size) and asks the kernel
-    /// not to back them with huge pages, so faults and copies stay page-sized.
-    pub(crate) fn reserve(len: usize) -> io::Result<Region> {
+    /// Reserves `len` bytes (a multiple of the page size), readable and, unless
+    /// `read_only`, writable. The kernel is asked not to back them with huge
+    /// pages, so faults and copies stay page-sized, and not to copy them into a
+    /// child at `fork`: the child has no handler and its copy would show holes
+    /// as zeros, so it gets no memory there at all.
+    pub(crate) fn reserve(len: usize, read_only: bool) -> io::Result<Region> {
+        let mem = File::options().read(true).open("/proc/self/mem").ok();
+        let prot = if read_only {
+            libc::PROT_READ
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
+        };
         // SAFETY: a fresh anonymous mapping at a kernel-chosen address aliases nothing.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
@@ -43,13 +66,23 @@ impl Region {
         let region = Region {
             base: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
             len,
+            mem,
         };
-        // SAFETY: the range is exactly the mapping made above.
-        let rc = unsafe { libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE) };
+        region.advise(0, len, libc::MADV_NOHUGEPAGE)?;
+        region.advise(0, len, libc::MADV_DONTFORK)?;
+        Ok(region)
+    }
+
+    fn advise(&self, offset: usize, len: usize, advice: libc::c_int) -> io::Result<()> {
+        self.check(offset, len);
+        // SAFETY: the range lies inside our own anonymous mapping (checked);
+        // the advices used here drop, populate or tag pages, which callers
+        // only do where no Rust reference to those bytes exists.
+        let rc = unsafe { libc::madvise(self.as_ptr().add(offset).cast(), len, advice) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(region)
+        Ok(())
     }
 
     pub(crate) fn base(&self) -> u64 {
@@ -72,25 +105,102 @@ impl Region {
         );
     }
 
-    /// Drops the pages of `[offset, offset + len)`; their next touch faults as missing.
-    #[doc(alias = "MADV_DONTNEED")]
+    /// Drops the pages of `[offset, offset + len)`, locked ones too (the
+    /// pages are ours to replace); their next touch faults as missing. Also
+    /// clears poison markers.
+    #[doc(alias = "MADV_DONTNEED_LOCKED")]
     pub(crate) fn discard(&self, offset: usize, len: usize) -> io::Result<()> {
+        match self.advise(offset, len, libc::MADV_DONTNEED_LOCKED) {
+            // Before Linux 5.18; locked ranges then refuse with EINVAL too.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.advise(offset, len, libc::MADV_DONTNEED),
+            other => other,
+        }
+    }
+
+    /// Sets what threads may do with `[offset, offset + len)`; the
+    /// userfaultfd's write protection of each page is kept either way.
+    #[doc(alias = "mprotect")]
+    pub(crate) fn set_access(&self, offset: usize, len: usize, access: Access) -> io::Result<()> {
         self.check(offset, len);
-        // SAFETY: the range lies inside our own anonymous mapping; dropping its
-        // pages cannot invalidate Rust references because callers hold the
-        // mapping's locks that exclude every borrowed view of these pages.
-        let rc = unsafe { libc::madvise(self.as_ptr().add(offset).cast(), len, libc::MADV_DONTNEED) };
+        let prot = match access {
+            Access::None => libc::PROT_NONE,
+            Access::Read => libc::PROT_READ,
+            Access::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+        };
+        // SAFETY: the range lies inside our own mapping (checked); changing its
+        // protection never invalidates memory, it only makes accesses fault.
+        let rc = unsafe { libc::mprotect(self.as_ptr().add(offset).cast(), len, prot) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
     }
 
-    /// Copies resident bytes out of the region.
+    /// Locks the pages of `[offset, offset + len)` in memory as they are
+    /// faulted in, without faulting any in (`MLOCK_ONFAULT`).
+    #[doc(alias = "mlock2")]
+    pub(crate) fn lock_on_fault(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.check(offset, len);
+        // SAFETY: the range lies inside our own mapping (checked); locking
+        // changes residency accounting only.
+        let rc = unsafe { libc::mlock2(self.as_ptr().add(offset).cast(), len, libc::MLOCK_ONFAULT) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    #[doc(alias = "munlock")]
+    pub(crate) fn unlock(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.check(offset, len);
+        // SAFETY: as in `lock_on_fault`.
+        let rc = unsafe { libc::munlock(self.as_ptr().add(offset).cast(), len) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Copies bytes out of the region without ever faulting: a page that is
+    /// not in memory (dropped by `madvise` behind the mapping's back, or
+    /// poisoned) ends the copy instead of trapping into the handler, which
+    /// may be waiting for a lock the caller holds (DESIGN rule 7). Returns
+    /// the bytes copied; fewer than `out.len()` means the page holding
+    /// `offset + copied` is not resident.
     ///
-    /// Callers guarantee the pages are resident (the fault handler must never
-    /// fault on its own mapping); a read of a resident page never traps, even
-    /// when it is write-protected.
+    /// `/proc/self/mem` reads through the kernel's remote-access path, which
+    /// may not wait for a userfaultfd and fails with `EIO` instead.
+    ///
+    /// Without `/proc`, this is a plain copy: it trusts the caller that the
+    /// pages are resident, and a page dropped behind the mapping's back
+    /// would then fault on the caller.
+    pub(crate) fn read_resident(&self, offset: usize, out: &mut [u8]) -> io::Result<usize> {
+        self.check(offset, out.len());
+        let Some(mem) = &self.mem else {
+            self.copy_out(offset, out);
+            return Ok(out.len());
+        };
+        let mut done = 0;
+        while done < out.len() {
+            match mem.read_at(&mut out[done..], self.base() + (offset + done) as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EFAULT)) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Whether the page at `offset` is in memory right now.
+    pub(crate) fn is_resident(&self, offset: usize) -> io::Result<bool> {
+        Ok(self.read_resident(offset, &mut [0u8])? == 1)
+    }
+
+    /// Copies bytes out of the region with plain loads; a missing page traps
+    /// into the handler, so callers must not hold a lock the handler needs
+    /// (under such a lock, use [`read_resident`](Self::read_resident)).
     pub(crate) fn copy_out(&self, offset: usize, out: &mut [u8]) {
         self.check(offset, out.len());
         // SAFETY: the source range is inside the mapping (checked above) and

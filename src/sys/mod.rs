@@ -3,11 +3,13 @@
 mod file;
 mod memory;
 mod signal;
+mod thread;
 mod uffd;
 
 pub(crate) use file::{allocate, data_ranges, data_sync, fs_block_size, is_read_only, punch_hole};
-pub(crate) use memory::Region;
+pub(crate) use memory::{Access, Region};
 pub(crate) use signal::send_sigbus;
+pub(crate) use thread::{ThreadState, process_id, thread_state};
 pub use uffd::UffdOrigin;
 pub(crate) use uffd::{Fault, RawMsg, Uffd};
 
@@ -53,14 +55,24 @@ pub(crate) struct Ready {
     pub doorbell: bool,
 }
 
-/// Waits until the userfaultfd has messages or the doorbell rings.
-pub(crate) fn wait_ready(uffd: &Uffd, doorbell: &Doorbell) -> io::Result<Ready> {
+/// Waits until the userfaultfd has messages or the doorbell rings, or
+/// `timeout` passes (`None`: no limit).
+pub(crate) fn wait_ready(
+    uffd: &Uffd,
+    doorbell: &Doorbell,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Ready> {
     let mut fds = [
         PollFd::new(uffd.as_fd(), PollFlags::POLLIN),
         PollFd::new(doorbell.0.as_fd(), PollFlags::POLLIN),
     ];
+    let timeout = match timeout {
+        // Round up, so a short wait is never a busy zero-timeout poll.
+        Some(t) => PollTimeout::try_from(t.as_millis().clamp(1, 60_000) as u32).unwrap_or(PollTimeout::MAX),
+        None => PollTimeout::NONE,
+    };
     loop {
-        match poll(&mut fds, PollTimeout::NONE) {
+        match poll(&mut fds, timeout) {
             Ok(_) => break,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),

@@ -20,6 +20,7 @@ const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
 const FEATURE_THREAD_ID: u64 = 1 << 8;
 const FEATURE_EXACT_ADDRESS: u64 = 1 << 11;
+const FEATURE_POISON: u64 = 1 << 14;
 
 const REGISTER_MODE_MISSING: u64 = 1 << 0;
 const REGISTER_MODE_WP: u64 = 1 << 1;
@@ -35,6 +36,7 @@ const PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 const IOCTL_WAKE_BIT: u64 = 1 << 0x02;
 const IOCTL_COPY_BIT: u64 = 1 << 0x03;
 const IOCTL_WRITEPROTECT_BIT: u64 = 1 << 0x06;
+const IOCTL_POISON_BIT: u64 = 1 << 0x08;
 
 #[repr(C)]
 struct UffdioApi {
@@ -64,6 +66,13 @@ struct UffdioCopy {
     len: u64,
     mode: u64,
     copy: i64,
+}
+
+#[repr(C)]
+struct UffdioPoison {
+    range: UffdioRange,
+    mode: u64,
+    updated: i64,
 }
 
 #[repr(C)]
@@ -102,6 +111,8 @@ const UFFDIO_COPY: libc::c_ulong =
     nix::request_code_readwrite!(UFFDIO, 0x03, size_of::<UffdioCopy>()) as libc::c_ulong;
 const UFFDIO_WRITEPROTECT: libc::c_ulong =
     nix::request_code_readwrite!(UFFDIO, 0x06, size_of::<UffdioWriteprotect>()) as libc::c_ulong;
+const UFFDIO_POISON: libc::c_ulong =
+    nix::request_code_readwrite!(UFFDIO, 0x08, size_of::<UffdioPoison>()) as libc::c_ulong;
 
 /// How the userfaultfd was obtained; kept so callers can tell what they got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +140,8 @@ pub(crate) struct Fault {
 pub(crate) struct Uffd {
     fd: OwnedFd,
     origin: UffdOrigin,
+    /// `UFFDIO_POISON` is available (Linux 6.6+).
+    poison: std::sync::atomic::AtomicBool,
 }
 
 /// Runs an ioctl on `fd` with `arg`, retrying on `EINTR`.
@@ -202,25 +215,42 @@ fn create(fallback: bool) -> Result<(OwnedFd, UffdOrigin), Error> {
 }
 
 impl Uffd {
-    /// Opens a userfaultfd with write-protect and thread-id features (see [`create`]).
+    /// Opens a userfaultfd with write-protect and thread-id features (see
+    /// [`create`]), plus exact fault addresses (Linux 5.18+, so a SIGBUS names
+    /// the faulting byte) and poison markers (Linux 6.6+, so an access past
+    /// EOF fails in system calls too) where the kernel has them.
     pub(crate) fn open(fallback: bool) -> Result<Uffd, Error> {
         let required = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID;
-        // Exact addresses let a SIGBUS name the faulting byte (Linux 5.18+);
-        // UFFDIO_API may be called once per fd, so a refusal needs a new fd.
+        let optional = FEATURE_EXACT_ADDRESS | FEATURE_POISON;
+        // UFFDIO_API may be called once per fd: ask one fd what the kernel
+        // offers, then negotiate on a second.
         let (fd, origin) = create(fallback)?;
-        let uffd = Uffd { fd, origin };
-        match uffd.negotiate(required | FEATURE_EXACT_ADDRESS) {
-            Ok(()) => Ok(uffd),
-            Err(_) => {
-                let (fd, origin) = create(fallback)?;
-                let uffd = Uffd { fd, origin };
-                uffd.negotiate(required)?;
-                Ok(uffd)
-            }
+        let offered = Uffd::with(fd, origin).negotiate(0)?;
+        let (fd, origin) = create(fallback)?;
+        let uffd = Uffd::with(fd, origin);
+        let features = uffd.negotiate(required | (offered & optional))?;
+        if features & required != required {
+            return Err(Error::MissingFeature(
+                "UFFD_FEATURE_PAGEFAULT_FLAG_WP or UFFD_FEATURE_THREAD_ID",
+            ));
+        }
+        uffd.poison.store(
+            features & FEATURE_POISON != 0,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(uffd)
+    }
+
+    fn with(fd: OwnedFd, origin: UffdOrigin) -> Uffd {
+        Uffd {
+            fd,
+            origin,
+            poison: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    fn negotiate(&self, wanted: u64) -> Result<(), Error> {
+    /// Enables `wanted`; returns the features the kernel reports.
+    fn negotiate(&self, wanted: u64) -> Result<u64, Error> {
         let mut api = UffdioApi {
             api: UFFD_API,
             features: wanted,
@@ -234,12 +264,7 @@ impl Uffd {
                 Error::Io(e)
             });
         }
-        if api.features & wanted != wanted {
-            return Err(Error::MissingFeature(
-                "UFFD_FEATURE_PAGEFAULT_FLAG_WP or UFFD_FEATURE_THREAD_ID",
-            ));
-        }
-        Ok(())
+        Ok(api.features)
     }
 
     pub(crate) fn origin(&self) -> UffdOrigin {
@@ -250,22 +275,58 @@ impl Uffd {
         self.fd.as_raw_fd()
     }
 
-    /// `UFFDIO_REGISTER` in MISSING | WP mode.
+    /// `UFFDIO_REGISTER` in MISSING | WP mode, or MISSING only for memory
+    /// nobody may write (`read_only`).
     #[doc(alias = "UFFDIO_REGISTER")]
-    pub(crate) fn register(&self, start: u64, len: u64) -> Result<(), Error> {
+    pub(crate) fn register(&self, start: u64, len: u64, read_only: bool) -> Result<(), Error> {
         let mut reg = UffdioRegister {
             range: UffdioRange { start, len },
-            mode: REGISTER_MODE_MISSING | REGISTER_MODE_WP,
+            mode: if read_only {
+                REGISTER_MODE_MISSING
+            } else {
+                REGISTER_MODE_MISSING | REGISTER_MODE_WP
+            },
             ioctls: 0,
         };
         ioctl(self.as_raw_fd(), UFFDIO_REGISTER, &mut reg)?;
-        let needed = IOCTL_WAKE_BIT | IOCTL_COPY_BIT | IOCTL_WRITEPROTECT_BIT;
+        let mut needed = IOCTL_WAKE_BIT | IOCTL_COPY_BIT;
+        if !read_only {
+            needed |= IOCTL_WRITEPROTECT_BIT;
+        }
         if reg.ioctls & needed != needed {
             return Err(Error::MissingFeature(
                 "UFFDIO_COPY / UFFDIO_WRITEPROTECT on anonymous memory",
             ));
         }
+        if reg.ioctls & IOCTL_POISON_BIT == 0 {
+            self.poison.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
+    }
+
+    /// Whether [`poison`](Self::poison) is available.
+    pub(crate) fn can_poison(&self) -> bool {
+        self.poison.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Marks the missing pages of `[start, start + len)` poisoned and wakes
+    /// their waiters: every access to them, by a thread or inside a system
+    /// call, then fails as an access past the end of a file does (SIGBUS
+    /// `BUS_ADRERR` with the address, or `EFAULT`). Dropping the page
+    /// (`MADV_DONTNEED`) removes the marker. `EEXIST`: a page is there.
+    #[doc(alias = "UFFDIO_POISON")]
+    pub(crate) fn poison(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut poison = UffdioPoison {
+            range: UffdioRange { start, len },
+            mode: 0,
+            updated: 0,
+        };
+        loop {
+            match ioctl(self.as_raw_fd(), UFFDIO_POISON, &mut poison) {
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+                other => return other,
+            }
+        }
     }
 
     #[doc(alias = "UFFDIO_UNREGISTER")]

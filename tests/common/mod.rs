@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod injector;
+pub mod strace;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -67,6 +68,11 @@ impl Mount {
         }
     }
 
+    /// Remounts it read-only: even root then cannot open its files for writing.
+    pub fn remount_read_only(&self) {
+        remount_read_only(self.dir.path());
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -77,6 +83,24 @@ impl Drop for Mount {
         // Lazy unmount: a failing test may still hold a file open here.
         let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
     }
+}
+
+/// Remounts the filesystem mounted at `dir` read-only.
+pub fn remount_read_only(dir: &Path) {
+    run(Command::new("mount").args(["-o", "remount,ro"]).arg(dir));
+}
+
+/// The file at `path` (created if missing), mapped with 1 KiB blocks and
+/// 1 MiB of capacity, and set to `len` bytes.
+pub fn kib_block_mapping(path: &Path, len: u64) -> mkwrite::Mapping {
+    let map = mkwrite::MappingOptions::new()
+        .capacity(1 << 20)
+        .block_size(1024)
+        .create(true)
+        .open(path)
+        .unwrap();
+    map.set_len(len).unwrap();
+    map
 }
 
 pub fn read_file(path: &Path) -> Vec<u8> {
