@@ -209,7 +209,7 @@ fn refuse(engine: &Engine, fault: &Fault, why: Failure) {
                 drop(flags);
                 engine.counters.sigbus();
                 // The thread may have exited meanwhile; there is nobody left to tell.
-                let _ = sys::send_sigbus(fault.thread, fault.address);
+                let _ = sys::send_sigbus(fault.thread, fault.address, errno(&why));
                 Ok(())
             }
         }
@@ -219,5 +219,15 @@ fn refuse(engine: &Engine, fault: &Fault, why: Failure) {
         // hanging: it faults again, and this runs again.
         engine.record_fault_error(format!("failing the access at {offset}: {e}"));
         let _ = engine.wake(page);
+    }
+}
+
+/// What a SIGBUS from mkwrite carries in `si_errno`.
+fn errno(why: &Failure) -> libc::c_int {
+    match why {
+        Failure::PastEof => libc::EFAULT,
+        Failure::Full(crate::Error::Quota(_)) => libc::EDQUOT,
+        Failure::Full(_) => libc::ENOSPC,
+        Failure::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
     }
 }

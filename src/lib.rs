@@ -64,6 +64,9 @@
 //!   EOF is write-faulted, allocates its blocks, and will be flushed. Past
 //!   EOF it fails with `ENOMEM`, as with mmap. [`Mapping::lock`] locks
 //!   without writing (`MLOCK_ONFAULT` plus a read fill) and never allocates.
+//! * **SIGBUS as an error**: with the default [`OnFull::Sigbus`], a plain
+//!   store to a full store raises SIGBUS. [`guarded`] copies turn it into an
+//!   error for that one copy, with the count of bytes that landed.
 //! * **A panic in the fault handler** (a store's, or an
 //!   [`OnFull::Callback`]'s) is caught: the faulting access fails (SIGBUS,
 //!   or `EFAULT` in a system call), later faults fail too, and every call
@@ -89,6 +92,9 @@ mod fence;
 mod flags;
 mod flush;
 mod geometry;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // unsafe fns over raw memory; the unsafe work is in sys::guard
+pub mod guarded;
 mod handler;
 mod mapping;
 mod options;

@@ -41,7 +41,10 @@ type Callback = dyn Fn(&FullFault<'_>) -> FullAction + Send + Sync;
 #[derive(Clone, Default)]
 pub enum OnFull {
     /// SIGBUS to the faulting thread (the default, as the kernel does). It
-    /// arrives with `si_code == SI_QUEUE` and the fault address in `si_value`.
+    /// arrives with `si_code == SI_QUEUE`, the fault address in `si_value`,
+    /// and `ENOSPC` or `EDQUOT` in `si_errno`. A system call that faulted
+    /// gets `EFAULT` instead. [`guarded`](crate::guarded) turns the signal
+    /// into an error for one copy.
     #[default]
     Sigbus,
     /// Block the faulting thread until space is freed.

@@ -28,24 +28,35 @@ fn mount(fs: &str) -> Mount {
 
 /// Runs `ops` per block size on a fresh mount of `fs` and prints what was checked.
 fn differential(fs: &'static str, seed: u64, ops: u64) -> Tally {
+    differential_at(fs, &BLOCK_SIZES, false, seed, ops)
+}
+
+/// [`differential`] at `blocks`, every write and read through `poke`/`peek`'s
+/// machinery when `guarded`.
+fn differential_at(fs: &'static str, blocks: &[u64], guarded: bool, seed: u64, ops: u64) -> Tally {
     let mount = mount(fs);
     let keeps_tail = kernel_keeps_tail(mount.dir.path());
     let mut total = Tally::default();
-    for block in BLOCK_SIZES {
+    for &block in blocks {
         let setup = Setup {
             dir: mount.dir.path().to_owned(),
             fs,
             block,
             kernel_keeps_tail: keeps_tail,
+            guarded,
         };
         total += campaign(&setup, seed, ops);
     }
     println!(
-        "{fs}: {} ops, {} reads and {} file pairs compared; kernel keeps a polluted tail: {keeps_tail} \
+        "{fs}{}: {} ops, {} reads and {} file pairs compared; kernel keeps a polluted tail: {keeps_tail} \
          ({} bytes judged by the shadow alone)",
-        total.ops, total.reads, total.file_compares, total.kernel_unjudged
+        if guarded { " through poke/peek" } else { "" },
+        total.ops,
+        total.reads,
+        total.file_compares,
+        total.kernel_unjudged
     );
-    assert!(total.ops >= ops * BLOCK_SIZES.len() as u64);
+    assert!(total.ops >= ops * blocks.len() as u64);
     total
 }
 
@@ -62,6 +73,19 @@ fn ext4_1k_agrees_with_the_kernel() {
 #[test]
 fn ext4_4k_agrees_with_the_kernel() {
     differential("ext4-4k", SLICE_SEED, SLICE_OPS);
+}
+
+/// Every write and read as plain stores and loads through `mkwrite::guarded`,
+/// the machinery of the pager's `poke` and `peek`: the real fault path.
+#[test]
+fn ext4_1k_through_poke_and_peek_agrees_with_the_kernel() {
+    differential_at(
+        "ext4-1k",
+        &[512, 1024, 4096],
+        true,
+        SLICE_SEED ^ 0x706f6b65,
+        SLICE_OPS,
+    );
 }
 
 /// Ops per filesystem and block size for the long run.
@@ -96,6 +120,12 @@ fn long_ext4_4k() {
     differential("ext4-4k", long_seed(), long_ops());
 }
 
+#[test]
+#[ignore = "long run: MKWRITE_FSX_OPS ops (default 1,000,000)"]
+fn long_ext4_1k_through_poke_and_peek() {
+    differential_at("ext4-1k", &BLOCK_SIZES, true, long_seed(), long_ops());
+}
+
 /// Replays a log that a failure wrote: `MKWRITE_FSX_REPLAY=path`.
 #[test]
 #[ignore = "replays MKWRITE_FSX_REPLAY"]
@@ -105,14 +135,16 @@ fn replay() {
         println!("MKWRITE_FSX_REPLAY is not set: nothing to replay");
         return;
     };
-    let (fs, block, ops) = fsx::read_log(path.as_ref());
-    let fs: &'static str = Box::leak(fs.into_boxed_str());
+    let (label, block, ops) = fsx::read_log(path.as_ref());
+    let guarded = label.ends_with("+poke");
+    let fs: &'static str = Box::leak(label.trim_end_matches("+poke").to_owned().into_boxed_str());
     let mount = mount(fs);
     let setup = Setup {
         dir: mount.dir.path().to_owned(),
         fs,
         block,
         kernel_keeps_tail: kernel_keeps_tail(mount.dir.path()),
+        guarded,
     };
     for (at, op) in ops.iter().enumerate() {
         println!("{at:4} {op}");

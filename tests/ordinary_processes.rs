@@ -173,6 +173,18 @@ const CASES: &[Case] = &[
         End::Signal(libc::SIGSEGV),
         Setup::Tmpfs,
     ),
+    (
+        "with_the_guard_installed_a_plain_store_still_dies_by_sigbus",
+        with_the_guard_installed_a_plain_store_still_dies_by_sigbus,
+        End::Signal(libc::SIGBUS),
+        Setup::None,
+    ),
+    (
+        "the_guard_passes_other_signals_to_the_handler_before_it",
+        the_guard_passes_other_signals_to_the_handler_before_it,
+        End::Exit(42),
+        Setup::None,
+    ),
 ];
 
 fn main() {
@@ -889,4 +901,45 @@ fn a_store_through_a_read_only_mapping_is_sigsegv() {
     let map = MappingOptions::new().read_only(true).open(&path).unwrap();
     poke(&map, 0, 1, 1);
     unreachable!("a store to read-only memory must not return");
+}
+
+// ---------------------------------------------------------------- the guard
+
+fn with_the_guard_installed_a_plain_store_still_dies_by_sigbus() {
+    let (_, map) = mem_mapping(4, 4, OnFull::Sigbus);
+    mkwrite::guarded::install().unwrap();
+    // SAFETY: the mapping's memory; page 0 takes all the room.
+    let full = unsafe {
+        mkwrite::guarded::fill(at(&map, 0), 1, PAGE).unwrap();
+        mkwrite::guarded::fill(at(&map, PAGE), 1, 10).unwrap_err()
+    };
+    assert_eq!(full.cause, mkwrite::guarded::FaultCause::NoSpace);
+    poke(&map, PAGE, 1, 1); // not guarded: the default action
+    unreachable!("a plain store to a full store must not return");
+}
+
+extern "C" fn exit_42(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(42) }
+}
+
+fn the_guard_passes_other_signals_to_the_handler_before_it() {
+    // SAFETY: installing an async-signal-safe handler, before the guard.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = exit_42 as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+    }
+    let (_, map) = mem_mapping(4, 4, OnFull::Sigbus);
+    mkwrite::guarded::install().unwrap();
+    poke(&map, 0, 1, PAGE);
+    // SAFETY: the mapping's memory.
+    let full = unsafe { mkwrite::guarded::fill(at(&map, PAGE + 7), 1, 10).unwrap_err() };
+    assert_eq!(
+        (full.cause, full.done),
+        (mkwrite::guarded::FaultCause::NoSpace, 0)
+    );
+    poke(&map, PAGE, 1, 1); // reaches the earlier handler, which exits 42
+    unreachable!("the earlier handler exits");
 }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use report::{Failure, Out, outln, say};
-use setup::{Access, Common, origin_word, parse_size};
+use setup::{Access, Common, OnFullArg, origin_word, parse_size};
 
 const LONG_ABOUT: &str = "Memory-mapped files that fail at the fault, not at writeback.
 
@@ -165,7 +165,20 @@ fn run(command: Command) -> Result<(), Failure> {
             } else {
                 Access::Create
             };
-            script::run(&common.open(&file, access)?)
+            let raw = match common.on_full {
+                OnFullArg::Error => script::Raw::Guarded,
+                OnFullArg::Sigbus => script::Raw::Plain,
+                // The script has one thread: a poke waiting for space would
+                // stop it reading the very commands that could free some.
+                OnFullArg::Wait => {
+                    return Err(Failure::Other(
+                        "script refuses --on-full wait: a poke into a full store would block the only \
+                         thread reading commands, so no command could free space; use --on-full error"
+                            .into(),
+                    ));
+                }
+            };
+            script::run(&common.open(&file, access)?, raw)
         }
     }
 }

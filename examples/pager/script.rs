@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, Write};
 
+use mkwrite::guarded::{self, FaultCause};
 use mkwrite::{Error, Mapping};
 use sha2::{Digest, Sha256};
 
@@ -38,12 +39,85 @@ fn partial(r: Result<(), mkwrite::PartialError>) -> String {
     }
 }
 
+/// How `poke` and `peek` touch the memory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Raw {
+    /// Through [`mkwrite::guarded`]: a SIGBUS becomes `err KIND DONE`.
+    Guarded,
+    /// Plain loads and stores: a SIGBUS ends the pager, as with mmap.
+    Plain,
+}
+
+/// The mapping's memory for `[off, off + len)`, if it lies within the capacity.
+fn raw_range(map: &Mapping, off: u64, len: usize) -> Option<*mut u8> {
+    let end = off.checked_add(len as u64)?;
+    (end <= map.capacity()).then(|| {
+        // SAFETY: `off` is within the reservation (checked above).
+        unsafe { map.as_ptr().add(off as usize) }
+    })
+}
+
+fn fault_kind(cause: FaultCause) -> &'static str {
+    match cause {
+        FaultCause::NoSpace => "nospace",
+        FaultCause::Quota => "quota",
+        FaultCause::PastEof => "range",
+        FaultCause::Denied => "readonly",
+        _ => "io",
+    }
+}
+
+/// `poke`: `len` plain stores of `byte`, so each first write to a clean page
+/// takes the real fault path.
+fn poke(map: &Mapping, raw: Raw, off: u64, len: usize, byte: u8) -> String {
+    let Some(at) = raw_range(map, off, len) else {
+        return "err range 0".into();
+    };
+    // SAFETY: the range lies in the mapping's memory and this thread holds
+    // no reference into it; the guard was installed before the session.
+    let stored = unsafe {
+        match raw {
+            Raw::Guarded => guarded::fill(at, byte, len),
+            Raw::Plain => {
+                std::ptr::write_bytes(at, byte, len);
+                Ok(())
+            }
+        }
+    };
+    match stored {
+        Ok(()) => "ok".into(),
+        Err(f) => format!("err {} {}", fault_kind(f.cause), f.done),
+    }
+}
+
+/// `peek`: `len` plain loads, hashed.
+fn peek(map: &Mapping, raw: Raw, off: u64, len: usize) -> String {
+    let Some(at) = raw_range(map, off, len) else {
+        return "err range 0".into();
+    };
+    let mut buf = vec![0u8; len];
+    // SAFETY: as in `poke`.
+    let loaded = unsafe {
+        match raw {
+            Raw::Guarded => guarded::load(at, &mut buf),
+            Raw::Plain => {
+                std::ptr::copy_nonoverlapping(at, buf.as_mut_ptr(), len);
+                Ok(())
+            }
+        }
+    };
+    match loaded {
+        Ok(()) => format!("ok {}", hex(&Sha256::digest(&buf))),
+        Err(f) => format!("err {} {}", fault_kind(f.cause), f.done),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Answers one line; `None` for blank lines and comments.
-pub fn answer(map: &Mapping, line: &str) -> Option<String> {
+pub fn answer(map: &Mapping, raw: Raw, line: &str) -> Option<String> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;
@@ -65,6 +139,14 @@ pub fn answer(map: &Mapping, line: &str) -> Option<String> {
                     Err(e) => err(&e.error, 0),
                 }
             }
+            _ => return Some("err invalid 0".into()),
+        },
+        ("poke", 4) => match (num(1), num(2), words[3].parse::<u8>()) {
+            (Some(off), Some(len), Ok(byte)) if len <= 1 << 30 => poke(map, raw, off, len as usize, byte),
+            _ => return Some("err invalid 0".into()),
+        },
+        ("peek", 3) => match (num(1), num(2)) {
+            (Some(off), Some(len)) if len <= 1 << 30 => peek(map, raw, off, len as usize),
             _ => return Some("err invalid 0".into()),
         },
         ("setlen", 2) => match num(1) {
@@ -105,11 +187,14 @@ pub fn answer(map: &Mapping, line: &str) -> Option<String> {
 
 /// Answers until stdin ends. A closed stdout ends the session too (nobody is
 /// left to answer), and its error picks the exit status like any output's.
-pub fn run(map: &Mapping) -> Result<(), Failure> {
+pub fn run(map: &Mapping, raw: Raw) -> Result<(), Failure> {
+    if raw == Raw::Guarded {
+        guarded::install()?;
+    }
     let mut out = std::io::stdout().lock();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
-        if let Some(reply) = answer(map, &line) {
+        if let Some(reply) = answer(map, raw, &line) {
             writeln!(out, "{reply}")
                 .and_then(|()| out.flush())
                 .map_err(Failure::Output)?;

@@ -16,13 +16,13 @@ pub enum StoreKind {
     Mem,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnFullArg {
-    /// The faulting thread gets SIGBUS.
+    /// The faulting thread gets SIGBUS (a script's `poke` into a full store ends the pager).
     Sigbus,
-    /// The faulting thread waits until space is freed.
+    /// The faulting thread waits until space is freed (refused by `script`).
     Wait,
-    /// Same as sigbus for raw writes; checked writes return the error.
+    /// SIGBUS, turned into an error: checked writes return it, a script's `poke` answers `err nospace DONE`.
     Error,
 }
 

@@ -1,6 +1,8 @@
 //! Every call into the kernel lives here; the rest of the crate is safe code.
 
 mod file;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod guard;
 mod memory;
 mod signal;
 mod thread;

@@ -20,14 +20,15 @@ const _: () = assert!(std::mem::size_of::<QueuedSigInfo>() == 128);
 
 /// Sends SIGBUS to thread `tid` of this process, as the kernel does for a
 /// failed fault: with its default action the process dies, and a handler sees
-/// `si_code == SI_QUEUE` and the fault address in `si_value.sival_ptr`.
+/// `si_code == SI_QUEUE`, the fault address in `si_value.sival_ptr` and why
+/// in `si_errno` (`ENOSPC`, `EDQUOT`, `EFAULT` past EOF, or the store's error).
 ///
 /// The kernel forbids a thread to forge `si_code >= 0` (such as `BUS_ADRERR`)
 /// for another thread, hence `SI_QUEUE`.
-pub(crate) fn send_sigbus(tid: libc::pid_t, address: u64) -> io::Result<()> {
+pub(crate) fn send_sigbus(tid: libc::pid_t, address: u64, errno: libc::c_int) -> io::Result<()> {
     let info = QueuedSigInfo {
         signo: libc::SIGBUS,
-        errno: 0,
+        errno,
         code: libc::SI_QUEUE,
         _pad: 0,
         pid: std::process::id() as libc::pid_t,

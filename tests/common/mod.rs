@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod injector;
+pub mod pager;
 pub mod strace;
 
 use std::path::{Path, PathBuf};

@@ -64,7 +64,7 @@ fn shrink(setup: &Setup, ops: &[Op], failure: twin::Failure) -> (Vec<Op>, twin::
 fn report(setup: &Setup, seed: u64, ops: &[Op], failure: twin::Failure) -> String {
     let first = format!(
         "{} block {}: seed {seed:#x} failed at op {} of {} ({}): {}",
-        setup.fs,
+        setup.label(),
         setup.block,
         failure.op,
         ops.len(),
@@ -74,9 +74,12 @@ fn report(setup: &Setup, seed: u64, ops: &[Op], failure: twin::Failure) -> Strin
     );
     let (short, why) = shrink(setup, ops, failure);
     let log: String = short.iter().map(|op| format!("{op}\n")).collect();
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("fsx-{}-{}-{seed:x}.ops", setup.fs, setup.block));
-    let written = std::fs::write(&path, format!("# {} {}\n{log}", setup.fs, setup.block));
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "fsx-{}-{}-{seed:x}.ops",
+        setup.label(),
+        setup.block
+    ));
+    let written = std::fs::write(&path, format!("# {} {}\n{log}", setup.label(), setup.block));
     format!(
         "{first}\nshrunk to {} ops, failing at op {}: {}\n{log}\
          replay ({written:?}): MKWRITE_FSX_REPLAY={} cargo test --release --test differential replay -- --ignored --nocapture",
@@ -87,7 +90,7 @@ fn report(setup: &Setup, seed: u64, ops: &[Op], failure: twin::Failure) -> Strin
     )
 }
 
-/// Reads a log written by [`report`]: the filesystem, the block size and the ops.
+/// Reads a log written by [`report`]: the setup's label, the block size and the ops.
 pub fn read_log(path: &Path) -> (String, u64, Vec<Op>) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();

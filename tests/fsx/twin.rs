@@ -22,6 +22,16 @@ pub struct Setup {
     /// EOF become file data when the file grows, so there the shadow buffer
     /// alone judges the tail (DESIGN rule 5 says zero).
     pub kernel_keeps_tail: bool,
+    /// Every write and read goes raw through [`mkwrite::guarded`] (the
+    /// machinery of the pager's `poke` and `peek`); a fault there fails.
+    pub guarded: bool,
+}
+
+impl Setup {
+    /// The name a replay log gives this setup: the filesystem, `+poke` when guarded.
+    pub fn label(&self) -> String {
+        format!("{}{}", self.fs, if self.guarded { "+poke" } else { "" })
+    }
 }
 
 /// Where a sequence first disagreed.
@@ -52,6 +62,12 @@ impl std::ops::AddAssign for Tally {
 
 /// Runs `ops` on a fresh pair of files in `setup.dir`.
 pub fn run(setup: &Setup, ops: &[Op]) -> Result<Tally, Failure> {
+    if setup.guarded {
+        mkwrite::guarded::install().map_err(|e| Failure {
+            op: 0,
+            message: format!("install the guard: {e}"),
+        })?;
+    }
     let mut twin = Twin::new(setup).map_err(|message| Failure { op: 0, message })?;
     for (at, &op) in ops.iter().enumerate() {
         twin.apply(op)
@@ -190,7 +206,7 @@ impl<'a> Twin<'a> {
                 seed,
                 raw,
             } => {
-                self.write_both(offset, &data(seed, offset, len), raw)?;
+                self.write_both(offset, &data(seed, offset, len), raw || self.setup.guarded)?;
                 let end = (offset + len).min(eof);
                 if offset < end {
                     let inside = &data(seed, offset, end - offset);
@@ -199,7 +215,13 @@ impl<'a> Twin<'a> {
                 }
             }
             Op::Read { offset, len, raw } => {
-                let mine = if raw {
+                let mine = if self.setup.guarded {
+                    let mut buf = vec![0; len as usize];
+                    // SAFETY: as in `copy_out`; the guard is installed by `run`.
+                    unsafe { mkwrite::guarded::load(self.mk().as_ptr().add(offset as usize), &mut buf) }
+                        .map_err(failed("peek"))?;
+                    buf
+                } else if raw {
                     copy_out(self.mk().as_ptr(), offset, len)
                 } else {
                     let mut buf = vec![0; len as usize];
@@ -276,7 +298,11 @@ impl<'a> Twin<'a> {
     }
 
     fn write_both(&self, offset: u64, bytes: &[u8], raw: bool) -> Result<(), String> {
-        if raw {
+        if self.setup.guarded {
+            // SAFETY: as in `copy_in`; the guard is installed by `run`.
+            unsafe { mkwrite::guarded::store(self.mk().as_ptr().add(offset as usize), bytes) }
+                .map_err(failed("poke"))?;
+        } else if raw {
             copy_in(self.mk().as_ptr(), offset, bytes);
         } else {
             self.mk()

@@ -1,0 +1,141 @@
+//! Plain loads and stores through a mapping's memory, with the SIGBUS of a
+//! full store (or of a page past EOF) returned as an error for that one
+//! operation instead of ending the process.
+//!
+//! With [`OnFull::Sigbus`](crate::OnFull::Sigbus), the default, a store to a
+//! page whose blocks cannot be allocated raises SIGBUS in the storing thread,
+//! as the kernel's `mmap` does. A database that would rather fail the one
+//! transaction than die copies its bytes with [`store`] or [`fill`], and
+//! reads with [`load`]: each is one copy instruction whose fault the
+//! handler installed by [`install`] turns into an [`AccessFault`] with the
+//! number of bytes that landed and why the rest did not. Every byte before
+//! the fault is in the mapping and reaches the store at the next flush; none
+//! after it was written anywhere.
+//!
+//! ```
+//! use mkwrite::{MappingOptions, MemStore, Store, guarded::{self, FaultCause}};
+//!
+//! let store = MemStore::new(1024, 4)?; // room for one page
+//! store.set_len(8192)?;                  // two pages long
+//! let map = MappingOptions::new().capacity(16384).map_store(store)?;
+//! guarded::install()?;
+//! // SAFETY: every range lies in the mapping's memory.
+//! unsafe {
+//!     guarded::fill(map.as_ptr(), 1, 4094).unwrap(); // page 0: allocated
+//!     let full = guarded::fill(map.as_ptr().add(4094), 2, 10).unwrap_err();
+//!     assert_eq!((full.cause, full.done), (FaultCause::NoSpace, 2)); // page 1 cannot be
+//!     let past_eof = guarded::fill(map.as_ptr().add(12288), 3, 10).unwrap_err();
+//!     assert_eq!((past_eof.cause, past_eof.done), (FaultCause::PastEof, 0));
+//! }
+//! map.flush()?; // the 4096 bytes that landed are in the store
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The handler is async-signal-safe and edits only the interrupted
+//! registers (no `siglongjmp`). Signals raised anywhere else go to the
+//! handler installed before [`install`], or take their default action.
+//! x86-64 only.
+
+use std::fmt;
+use std::io;
+
+use crate::sys::guard;
+
+/// Why a guarded copy stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultCause {
+    /// The store has no space for the page's blocks (`ENOSPC`).
+    NoSpace,
+    /// The store's quota would be exceeded (`EDQUOT`).
+    Quota,
+    /// The page lies wholly past the end of the file.
+    PastEof,
+    /// The memory may not be accessed that way (a read-only mapping, or a
+    /// page fenced for a moment while a system call is failed; SIGSEGV).
+    Denied,
+    /// The store failed otherwise, or the mapping's handler failed (errno).
+    Io(i32),
+}
+
+/// A guarded copy that stopped at a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessFault {
+    /// Bytes copied before the fault.
+    pub done: usize,
+    /// Why it stopped.
+    pub cause: FaultCause,
+}
+
+impl fmt::Display for AccessFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "access fault after {} bytes: {:?}", self.done, self.cause)
+    }
+}
+
+impl std::error::Error for AccessFault {}
+
+/// Installs the SIGBUS and SIGSEGV handler that guarded copies need; call
+/// it once before the first (more calls do nothing). Handlers installed
+/// earlier keep receiving the signals that are not a guarded copy's.
+pub fn install() -> io::Result<()> {
+    guard::install()
+}
+
+fn outcome(len: usize, out: guard::Outcome) -> Result<(), AccessFault> {
+    if out.cause == 0 {
+        return Ok(());
+    }
+    let (signal, code, errno) = guard::unpack(out.cause);
+    let cause = match (signal, code, errno) {
+        (libc::SIGSEGV, _, _) => FaultCause::Denied,
+        // mkwrite's own SIGBUS says why in si_errno (see `OnFull::Sigbus`).
+        (_, libc::SI_QUEUE, libc::ENOSPC) => FaultCause::NoSpace,
+        (_, libc::SI_QUEUE, libc::EDQUOT) => FaultCause::Quota,
+        (_, libc::SI_QUEUE, libc::EFAULT) => FaultCause::PastEof,
+        (_, libc::SI_QUEUE, e) => FaultCause::Io(e),
+        // The kernel's: a poisoned page past EOF (or a mapped file's end).
+        (_, libc::BUS_ADRERR, _) => FaultCause::PastEof,
+        _ => FaultCause::Io(libc::EIO),
+    };
+    Err(AccessFault {
+        done: len - out.remaining as usize,
+        cause,
+    })
+}
+
+/// Stores `src` at `dst` with plain stores; a fault stops it.
+///
+/// # Safety
+///
+/// * `dst..dst + src.len()` lies in a [`Mapping`](crate::Mapping)'s memory
+///   (or other memory whose every fault is a SIGBUS or SIGSEGV), and no Rust
+///   reference to those bytes is alive;
+/// * [`install`] has returned `Ok`.
+pub unsafe fn store(dst: *mut u8, src: &[u8]) -> Result<(), AccessFault> {
+    // SAFETY: per the contract; `src` is a valid slice.
+    outcome(src.len(), unsafe { guard::copy(dst, src.as_ptr(), src.len()) })
+}
+
+/// Stores `len` copies of `byte` at `dst`; a fault stops it.
+///
+/// # Safety
+///
+/// As for [`store`], for `dst..dst + len`.
+pub unsafe fn fill(dst: *mut u8, byte: u8, len: usize) -> Result<(), AccessFault> {
+    // SAFETY: per the contract.
+    outcome(len, unsafe { guard::fill(dst, byte, len) })
+}
+
+/// Loads `dst.len()` bytes from `src` with plain loads; a fault stops it.
+///
+/// # Safety
+///
+/// As for [`store`], for `src..src + dst.len()`, with no writer of those
+/// bytes other than through the mapping's rules.
+pub unsafe fn load(src: *const u8, dst: &mut [u8]) -> Result<(), AccessFault> {
+    // SAFETY: per the contract; `dst` is a valid, exclusive slice.
+    outcome(dst.len(), unsafe {
+        guard::copy(dst.as_mut_ptr(), src, dst.len())
+    })
+}
