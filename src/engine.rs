@@ -16,7 +16,7 @@ use crate::fence::Fences;
 use crate::flags::{Flags, Residency};
 use crate::geometry::Geometry;
 use crate::options::OnFull;
-use crate::stats::Counters;
+use crate::stats::{Counters, Timer};
 use crate::store::Store;
 use crate::sys::{self, Doorbell, Region, Uffd};
 
@@ -198,7 +198,7 @@ impl Engine {
             }
             (Residency::Protected, Access::Write) => {
                 self.allocate_under(flags, page)?;
-                self.uffd.write_protect(self.addr(page), self.geo.page, false)?;
+                self.ioctl(|| self.uffd.write_protect(self.addr(page), self.geo.page, false))?;
                 flags.granted_write(page);
                 Ok(Resolved::Unprotected)
             }
@@ -215,7 +215,10 @@ impl Engine {
     }
 
     pub fn allocate(&self, flags: &mut Flags, blocks: Range<u64>) -> Result<(), Failure> {
-        match self.store.allocate(blocks.clone()) {
+        match self
+            .counters
+            .timed(Timer::StoreAllocate, || self.store.allocate(blocks.clone()))
+        {
             Ok(()) => {
                 self.counters.add_blocks(blocks.end - blocks.start);
                 flags.mark_allocated(blocks);
@@ -260,7 +263,7 @@ impl Engine {
     /// goes when EOF moves over the page ([`Engine::unpoison`]).
     pub fn poison(&self, flags: &mut Flags, page: u64) -> io::Result<()> {
         debug_assert!(flags.past_eof(page));
-        match self.uffd.poison(self.addr(page), self.geo.page) {
+        match self.ioctl(|| self.uffd.poison(self.addr(page), self.geo.page)) {
             Ok(()) => {
                 flags.poisoned(page);
                 Ok(())
@@ -287,7 +290,9 @@ impl Engine {
     fn read_page(&self, flags: &Flags, page: u64, buf: &mut [u8]) -> io::Result<()> {
         let start = page * self.geo.page;
         let visible = flags.eof().saturating_sub(start).min(self.geo.page) as usize;
-        self.store.read_at(start, &mut buf[..visible])?;
+        self.counters.timed(Timer::StoreRead, || {
+            self.store.read_at(start, &mut buf[..visible])
+        })?;
         buf[visible..].fill(0);
         Ok(())
     }
@@ -301,10 +306,8 @@ impl Engine {
     /// Places `data` in the absent `page` and wakes its waiters.
     fn install(&self, page: u64, data: &[u8], writable: bool) -> io::Result<()> {
         // Read-only memory is registered without write-protect, and needs none.
-        match self
-            .uffd
-            .copy(self.addr(page), data, !writable && !self.read_only)
-        {
+        let protect = !writable && !self.read_only;
+        match self.ioctl(|| self.uffd.copy(self.addr(page), data, protect)) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // Flags said absent but the kernel has a page: a bookkeeping
                 // bug. Wake the waiters so nobody hangs, and report it.
@@ -324,7 +327,7 @@ impl Engine {
             .collect();
         for run in crate::store::runs(writable) {
             let len = (run.end - run.start) * self.geo.page;
-            self.uffd.write_protect(self.addr(run.start), len, true)?;
+            self.ioctl(|| self.uffd.write_protect(self.addr(run.start), len, true))?;
             for p in run {
                 flags.protected(p);
             }
@@ -345,7 +348,12 @@ impl Engine {
     }
 
     pub fn wake(&self, page: u64) -> io::Result<()> {
-        self.uffd.wake(self.addr(page), self.geo.page)
+        self.ioctl(|| self.uffd.wake(self.addr(page), self.geo.page))
+    }
+
+    /// Runs a userfaultfd ioctl, timed for [`Stats::ioctl_time`](crate::Stats::ioctl_time).
+    fn ioctl<T>(&self, call: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        self.counters.timed(Timer::Ioctl, call)
     }
 
     /// Copies bytes of a page the flags call resident, under the flags lock,

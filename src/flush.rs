@@ -7,6 +7,7 @@ use std::ops::Range;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::flags::Flags;
+use crate::stats::Timer;
 
 /// Bytes copied under one hold of the flags lock, so the handler is never
 /// kept waiting for long.
@@ -63,7 +64,7 @@ impl Engine {
             }
             written += stage.data.len() as u64;
         };
-        let result = result.and_then(|()| Ok(self.store.sync()?));
+        let result = result.and_then(|()| Ok(self.counters.timed(Timer::StoreSync, || self.store.sync())?));
         if result.is_err() {
             // errseq-style loss is what this library exists to avoid: a failed
             // write or sync leaves the data dirty in memory, not dropped.
@@ -128,7 +129,9 @@ impl Engine {
 
     fn write_stage(&self, stage: &Stage) -> Result<()> {
         for (offset, range) in &stage.writes {
-            self.store.write_at(*offset, &stage.data[range.clone()])?;
+            self.counters.timed(Timer::StoreWrite, || {
+                self.store.write_at(*offset, &stage.data[range.clone()])
+            })?;
         }
         Ok(())
     }

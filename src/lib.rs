@@ -90,6 +90,8 @@ mod engine;
 mod error;
 mod fence;
 mod flags;
+#[doc(hidden)]
+pub mod floor;
 mod flush;
 mod geometry;
 #[cfg(target_arch = "x86_64")]

@@ -115,7 +115,7 @@ pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn effective_uid() -> u32 {
+pub fn effective_uid() -> u32 {
     // /proc/self/status "Uid: real effective saved fs"; no unsafe needed.
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();

@@ -1,0 +1,316 @@
+//! The benchmark table: every workload of `workloads/` through mkwrite and
+//! through the kernel's `mmap(MAP_SHARED)` on a twin file on the same
+//! filesystem, in one run, with the ratio; then what mkwrite's counters say
+//! about its time, and the physical floor under the fault path.
+//!
+//! `cargo bench --bench table` (a few minutes: 64 MiB files, median of 3),
+//! `cargo bench --bench table -- --smoke` (seconds: 1 MiB files, one run; CI
+//! runs it to keep the suite working, and asserts no time).
+//!
+//! As root it creates and removes an ext4 (4 KiB blocks) loop mount and a
+//! tmpfs; otherwise it uses a temporary directory, and says so.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod workloads;
+
+use std::path::Path;
+use std::time::Duration;
+
+use workloads::{Run, Subject, Writer};
+
+struct Size {
+    pages: usize,
+    reps: usize,
+    db_len: u64,
+    db_records: u64,
+}
+
+const FULL: Size = Size {
+    pages: 16 * 1024,
+    reps: 3,
+    db_len: 256 << 20,
+    db_records: 100_000,
+};
+
+const SMOKE: Size = Size {
+    pages: 256,
+    reps: 1,
+    db_len: 16 << 20,
+    db_records: 20_000,
+};
+
+const MK: Subject = Subject::Mkwrite { block: 4096 };
+const KERNEL: Subject = Subject::Kernel;
+
+/// One row: mkwrite's run, the kernel's run.
+struct Row {
+    name: String,
+    fs: &'static str,
+    mk: Run,
+    kernel: Run,
+}
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let size = if smoke { &SMOKE } else { &FULL };
+    let root = is_root();
+    let mut rows = Vec::new();
+    let mut floors = Vec::new();
+    println!(
+        "mkwrite vs the kernel's mmap(MAP_SHARED): {} pages a file ({} MiB), median of {}{}",
+        size.pages,
+        (size.pages * workloads::PAGE) >> 20,
+        size.reps,
+        if smoke {
+            " (smoke run: not a measurement)"
+        } else {
+            ""
+        }
+    );
+    let mounts: Vec<(&'static str, Dir)> = if root {
+        vec![
+            ("ext4", Dir::Mount(common::Mount::ext4(1 << 30, 4096))),
+            ("tmpfs", Dir::Mount(common::Mount::tmpfs(1 << 30))),
+        ]
+    } else {
+        println!("not root: a temporary directory only (no ext4 loop mount, no tmpfs)");
+        vec![("tempdir", Dir::Temp(tempfile::tempdir().expect("tempdir")))]
+    };
+    for (fs, dir) in &mounts {
+        rows.extend(suite(dir.path(), fs, size));
+        floors.push((*fs, fallocate_floor(dir.path())));
+    }
+    print_table(&rows);
+    print_breakdown(&rows);
+    print_floor(size.pages, &floors);
+}
+
+enum Dir {
+    Mount(common::Mount),
+    Temp(tempfile::TempDir),
+}
+
+impl Dir {
+    fn path(&self) -> &Path {
+        match self {
+            Dir::Mount(m) => m.dir.path(),
+            Dir::Temp(t) => t.path(),
+        }
+    }
+}
+
+fn is_root() -> bool {
+    common::effective_uid() == 0
+}
+
+/// The median run of `reps`.
+fn median(reps: usize, mut run: impl FnMut() -> Run) -> Run {
+    let mut runs: Vec<Run> = (0..reps).map(|_| run()).collect();
+    runs.sort_by_key(Run::per_unit);
+    runs.swap_remove(runs.len() / 2)
+}
+
+fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
+    let n = size.pages;
+    let mut rows = Vec::new();
+    let mut row = |name: String, mk: &mut dyn FnMut() -> Run, kernel: &mut dyn FnMut() -> Run| {
+        let mk = median(size.reps, mk);
+        let kernel = median(size.reps, kernel);
+        rows.push(Row { name, fs, mk, kernel });
+    };
+    for random in [false, true] {
+        let how = if random { "random" } else { "sequential" };
+        row(
+            format!("1. first write, {how}"),
+            &mut || workloads::first_write(dir, MK, n, random),
+            &mut || workloads::first_write(dir, KERNEL, n, random),
+        );
+    }
+    for cached in [true, false] {
+        for random in [false, true] {
+            let how = if random { "random" } else { "sequential" };
+            let cache = if cached { "cached" } else { "uncached" };
+            row(
+                format!("2. first read, {how}, {cache}"),
+                &mut || workloads::first_read(dir, MK, n, random, cached),
+                &mut || workloads::first_read(dir, KERNEL, n, random, cached),
+            );
+        }
+    }
+    row(
+        "3. re-dirty after flush".into(),
+        &mut || workloads::redirty(dir, MK, n),
+        &mut || workloads::redirty(dir, KERNEL, n),
+    );
+    for dirty in [1, 64, n] {
+        row(
+            format!("4. flush of {dirty} dirty pages (per page)"),
+            &mut || workloads::flush(dir, MK, n, dirty),
+            &mut || workloads::flush(dir, KERNEL, n, dirty),
+        );
+    }
+    row(
+        "5. resident 8-byte store + load".into(),
+        &mut || workloads::resident(dir, MK, n),
+        &mut || workloads::resident(dir, KERNEL, n),
+    );
+    row(
+        "6. first write, 2 threads".into(),
+        &mut || workloads::two_writers(dir, MK, n),
+        &mut || workloads::two_writers(dir, KERNEL, n),
+    );
+    for up in [true, false] {
+        row(
+            format!(
+                "7. set_len {} {} MiB (per call)",
+                if up { "up" } else { "down" },
+                (n * workloads::PAGE) >> 20
+            ),
+            &mut || workloads::resize(dir, MK, n, up),
+            &mut || workloads::resize(dir, KERNEL, n, up),
+        );
+    }
+    row(
+        "7. punch_hole 1 MiB (per call)".into(),
+        &mut || workloads::punch(dir, MK, n),
+        &mut || workloads::punch(dir, KERNEL, n),
+    );
+    for block in [1024, 65536] {
+        let sub = Subject::Mkwrite { block };
+        row(
+            format!("8. first write, sequential, {} KiB blocks", block >> 10),
+            &mut || workloads::first_write(dir, sub, n, false),
+            &mut || workloads::first_write(dir, KERNEL, n, false),
+        );
+        row(
+            format!("8. re-dirty after flush, {} KiB blocks", block >> 10),
+            &mut || workloads::redirty(dir, sub, n),
+            &mut || workloads::redirty(dir, KERNEL, n),
+        );
+    }
+    let db = |s: Subject, w: Writer| workloads::database(dir, s, w, size.db_len, size.db_records);
+    let mib = size.db_len >> 20;
+    row(
+        format!("9. 512 B records, {mib} MiB, 2 threads: mkwrite raw"),
+        &mut || db(MK, Writer::Raw),
+        &mut || db(KERNEL, Writer::Raw),
+    );
+    row(
+        format!("9. 512 B records, {mib} MiB, 2 threads: mkwrite write()"),
+        &mut || db(MK, Writer::Checked),
+        &mut || db(KERNEL, Writer::Raw),
+    );
+    row(
+        format!("9. 512 B records, {mib} MiB, 2 threads: pwrite+fdatasync"),
+        &mut || db(KERNEL, Writer::Pwrite),
+        &mut || db(KERNEL, Writer::Raw),
+    );
+    rows
+}
+
+fn us(d: Duration) -> String {
+    ns(d.as_secs_f64() * 1e9)
+}
+
+fn ns(ns: f64) -> String {
+    if ns >= 100_000.0 {
+        format!("{:.0} µs", ns / 1000.0)
+    } else if ns >= 1000.0 {
+        format!("{:.2} µs", ns / 1000.0)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("| workload (per 4 KiB page unless noted) | fs | mkwrite | kernel mmap | ratio |");
+    println!("| --- | --- | ---: | ---: | ---: |");
+    for r in rows {
+        let (mk, k) = (r.mk.per_unit_ns(), r.kernel.per_unit_ns());
+        // Below a nanosecond the kernel did nothing measurable (tmpfs never
+        // write-protects on msync): a ratio would be noise.
+        let ratio = if k >= 1.0 {
+            format!("{:.2}x", mk / k)
+        } else {
+            "kernel ~0".into()
+        };
+        println!("| {} | {} | {} | {} | {ratio} |", r.name, r.fs, ns(mk), ns(k));
+    }
+    let one = |fs: &str, mk: bool| {
+        rows.iter()
+            .find(|r| r.fs == fs && r.name == "1. first write, sequential")
+            .map(|r| if mk { r.mk.per_unit() } else { r.kernel.per_unit() })
+    };
+    for r in rows.iter().filter(|r| r.name.starts_with("6.")) {
+        if let (Some(mk1), Some(k1)) = (one(r.fs, true), one(r.fs, false)) {
+            println!(
+                "\n{}: two writers' throughput over one: mkwrite {:.2}x, kernel {:.2}x",
+                r.fs,
+                mk1.as_secs_f64() / r.mk.per_unit().as_secs_f64(),
+                k1.as_secs_f64() / r.kernel.per_unit().as_secs_f64()
+            );
+        }
+    }
+}
+
+fn print_breakdown(rows: &[Row]) {
+    println!("\nWhere mkwrite's time went (its counters for the median run; per unit of the row):");
+    println!(
+        "| workload | fs | faults missing r/w, wp | allocate calls | handler per fault | store read / allocate / write / sync | ioctls |"
+    );
+    println!("| --- | --- | --- | ---: | ---: | --- | ---: |");
+    for r in rows {
+        let Some(s) = r.mk.stats else { continue };
+        let units = r.mk.units.max(1) as u32;
+        let faults = s.faults_missing_read + s.faults_missing_write + s.faults_write_protect;
+        println!(
+            "| {} | {} | {} / {}, {} | {:.2} | {} | {} / {} / {} / {} | {} |",
+            r.name,
+            r.fs,
+            s.faults_missing_read,
+            s.faults_missing_write,
+            s.faults_write_protect,
+            s.allocate_calls as f64 / f64::from(units),
+            us(s.handler_time / (faults.max(1) as u32)),
+            us(s.store_read_time / units),
+            us(s.store_allocate_time / units),
+            us(s.store_write_time / units),
+            us(s.store_sync_time / units),
+            us(s.ioctl_time / units),
+        );
+    }
+}
+
+fn fallocate_floor(dir: &Path) -> (Duration, Duration) {
+    (
+        workloads::fallocate_per_call(dir, 4096, 16 << 20),
+        workloads::fallocate_per_call(dir, 1 << 20, 64 << 20),
+    )
+}
+
+fn print_floor(pages: usize, fallocates: &[(&str, (Duration, Duration))]) {
+    let per =
+        |d: std::io::Result<Duration>| d.map_or_else(|e| format!("n/a ({e})"), |d| us(d / pages as u32));
+    println!("\nThe floor, measured in the same run (per page unless noted):");
+    println!(
+        "- anonymous memory, first-touch write: {}",
+        per(mkwrite::floor::anonymous_first_touch(pages))
+    );
+    println!(
+        "- userfaultfd missing fault resolved by UFFDIO_COPY from a handler thread: {}",
+        per(mkwrite::floor::userfaultfd_write(pages, false))
+    );
+    println!(
+        "- userfaultfd write-protect fault resolved by UFFDIO_WRITEPROTECT from a handler thread: {}",
+        per(mkwrite::floor::userfaultfd_write(pages, true))
+    );
+    for (fs, (small, large)) in fallocates {
+        println!(
+            "- fallocate on {fs}: 4 KiB {} a call, 1 MiB {} a call",
+            us(*small),
+            us(*large)
+        );
+    }
+}

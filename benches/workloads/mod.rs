@@ -1,0 +1,499 @@
+//! The workloads of the benchmark suite, each run the same way through
+//! mkwrite and through the kernel's own `mmap(MAP_SHARED)` on a twin file on
+//! the same filesystem. Every workload sets up outside the timed part and
+//! returns only the time of the work itself (opening, dropping and closing
+//! mappings are never timed).
+
+#![allow(dead_code)] // each bench binary uses its part
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mkwrite::{Mapping, MappingOptions, Stats};
+
+pub const PAGE: usize = 4096;
+
+/// Who runs a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// mkwrite over a `FileStore` with this block size.
+    Mkwrite { block: u64 },
+    /// The kernel's `mmap(MAP_SHARED)` of the file.
+    Kernel,
+}
+
+/// A file mapped by one subject.
+pub struct Mapped {
+    pub path: PathBuf,
+    mk: Option<Mapping>,
+    kernel: Option<(File, memmap2::MmapRaw)>,
+}
+
+impl Mapped {
+    /// Maps the file at `path` (created if missing), with room for `capacity` bytes.
+    pub fn open(subject: Subject, path: &Path, capacity: u64) -> Mapped {
+        match subject {
+            Subject::Mkwrite { block } => {
+                let map = MappingOptions::new()
+                    .capacity(capacity)
+                    .block_size(block)
+                    .create(true)
+                    .open(path)
+                    .expect("open mkwrite");
+                Mapped {
+                    path: path.to_owned(),
+                    mk: Some(map),
+                    kernel: None,
+                }
+            }
+            Subject::Kernel => {
+                let file = open_rw(path);
+                let map = memmap2::MmapOptions::new()
+                    .len(capacity as usize)
+                    .map_raw(&file)
+                    .expect("mmap");
+                Mapped {
+                    path: path.to_owned(),
+                    mk: None,
+                    kernel: Some((file, map)),
+                }
+            }
+        }
+    }
+
+    pub fn ptr(&self) -> *mut u8 {
+        match (&self.mk, &self.kernel) {
+            (Some(m), _) => m.as_ptr(),
+            (_, Some((_, k))) => k.as_mut_ptr(),
+            _ => unreachable!(),
+        }
+    }
+
+    pub fn mkwrite(&self) -> Option<&Mapping> {
+        self.mk.as_ref()
+    }
+
+    /// Durable: mkwrite's flush; the kernel's `msync(MS_SYNC)` + `fdatasync`.
+    pub fn flush(&self) {
+        match (&self.mk, &self.kernel) {
+            (Some(m), _) => m.flush().expect("flush"),
+            (_, Some((f, k))) => {
+                k.flush().expect("msync");
+                f.sync_data().expect("fdatasync");
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    pub fn set_len(&self, len: u64) {
+        match (&self.mk, &self.kernel) {
+            (Some(m), _) => m.set_len(len).expect("set_len"),
+            (_, Some((f, _))) => f.set_len(len).expect("ftruncate"),
+            _ => unreachable!(),
+        }
+    }
+
+    pub fn punch(&self, offset: u64, len: u64) {
+        match (&self.mk, &self.kernel) {
+            (Some(m), _) => m.punch_hole(offset, len).expect("punch_hole"),
+            (_, Some((f, _))) => punch_file(f, offset, len),
+            _ => unreachable!(),
+        }
+    }
+
+    pub fn stats(&self) -> Option<Stats> {
+        self.mk.as_ref().map(Mapping::stats)
+    }
+
+    fn touch(&self, page: usize, byte: u8) {
+        // SAFETY: every caller stays within the file's pages of the mapping.
+        unsafe { self.ptr().add(page * PAGE).write_volatile(byte) }
+    }
+
+    fn load(&self, page: usize) -> u8 {
+        // SAFETY: as in `touch`.
+        unsafe { self.ptr().add(page * PAGE).read_volatile() }
+    }
+}
+
+pub fn open_rw(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .expect("open")
+}
+
+fn punch_file(f: &File, offset: u64, len: u64) {
+    let mode =
+        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    nix::fcntl::fallocate(f, mode, offset as i64, len as i64).expect("punch");
+}
+
+/// A fresh sparse file of `len` bytes.
+pub fn sparse(path: &Path, len: u64) {
+    let _ = std::fs::remove_file(path);
+    open_rw(path).set_len(len).expect("set_len");
+}
+
+/// A fresh file of `len` bytes, all written and synced (in the page cache).
+pub fn written(path: &Path, len: u64) {
+    sparse(path, len);
+    let file = open_rw(path);
+    let chunk = vec![7u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = chunk.len().min((len - at) as usize);
+        file.write_all_at(&chunk[..n], at).expect("write");
+        at += n as u64;
+    }
+    file.sync_data().expect("fdatasync");
+}
+
+/// Drops the file's pages from the page cache, so the next read goes to the disk.
+pub fn drop_cache(path: &Path) {
+    let file = open_rw(path);
+    file.sync_data().expect("fdatasync");
+    // SAFETY: an advice on our own open file; no memory is involved.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+}
+
+/// Page order for a pass: sequential, or a fixed shuffle.
+pub fn order(pages: usize, random: bool) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..pages).collect();
+    if random {
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        for i in (1..pages).rev() {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            v.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+    }
+    v
+}
+
+/// One measured run: the time of the work, how many units it did, and
+/// mkwrite's counters for the run (none for the kernel).
+pub struct Run {
+    pub time: Duration,
+    pub units: u64,
+    pub stats: Option<Stats>,
+}
+
+impl Run {
+    pub fn per_unit(&self) -> Duration {
+        self.time / self.units.max(1) as u32
+    }
+
+    /// Nanoseconds per unit, without rounding to whole nanoseconds.
+    pub fn per_unit_ns(&self) -> f64 {
+        self.time.as_secs_f64() * 1e9 / self.units.max(1) as f64
+    }
+}
+
+/// The file a subject works on in `dir`.
+pub fn file_of(dir: &Path, subject: Subject) -> PathBuf {
+    match subject {
+        Subject::Mkwrite { block } => dir.join(format!("mkwrite-{block}.dat")),
+        Subject::Kernel => dir.join("kernel.dat"),
+    }
+}
+
+/// Workload 1: The first write to every page of a sparse file: every write allocates.
+pub fn first_write(dir: &Path, s: Subject, pages: usize, random: bool) -> Run {
+    let path = file_of(dir, s);
+    let len = (pages * PAGE) as u64;
+    sparse(&path, len);
+    let m = Mapped::open(s, &path, len);
+    let order = order(pages, random);
+    let started = Instant::now();
+    for &p in &order {
+        m.touch(p, 1);
+    }
+    Run {
+        time: started.elapsed(),
+        units: pages as u64,
+        stats: m.stats(),
+    }
+}
+
+/// Workload 2: The first read of every page of a fully written file, in the page
+/// cache or dropped from it.
+pub fn first_read(dir: &Path, s: Subject, pages: usize, random: bool, cached: bool) -> Run {
+    let path = file_of(dir, s);
+    let len = (pages * PAGE) as u64;
+    written(&path, len);
+    if !cached {
+        drop_cache(&path);
+    }
+    let m = Mapped::open(s, &path, len);
+    let order = order(pages, random);
+    let started = Instant::now();
+    let mut sum = 0u64;
+    for &p in &order {
+        sum += u64::from(m.load(p));
+    }
+    let time = started.elapsed();
+    assert_eq!(sum, 7 * pages as u64, "read what was written");
+    Run {
+        time,
+        units: pages as u64,
+        stats: m.stats(),
+    }
+}
+
+/// Workload 3: Every page written and flushed, then one byte written to every page again.
+pub fn redirty(dir: &Path, s: Subject, pages: usize) -> Run {
+    let path = file_of(dir, s);
+    let len = (pages * PAGE) as u64;
+    sparse(&path, len);
+    let m = Mapped::open(s, &path, len);
+    for p in 0..pages {
+        m.touch(p, 1);
+    }
+    m.flush();
+    let before = m.stats();
+    let started = Instant::now();
+    for p in 0..pages {
+        m.touch(p, 2);
+    }
+    Run {
+        time: started.elapsed(),
+        units: pages as u64,
+        stats: delta(before, m.stats()),
+    }
+}
+
+/// Workload 4: A flush of `dirty` pages spread over a file of `pages` pages.
+pub fn flush(dir: &Path, s: Subject, pages: usize, dirty: usize) -> Run {
+    let path = file_of(dir, s);
+    let len = (pages * PAGE) as u64;
+    sparse(&path, len);
+    let m = Mapped::open(s, &path, len);
+    for p in 0..pages {
+        m.touch(p, 1);
+    }
+    m.flush();
+    let step = (pages / dirty.max(1)).max(1);
+    for i in 0..dirty {
+        m.touch(i * step, 3);
+    }
+    let before = m.stats();
+    let started = Instant::now();
+    m.flush();
+    Run {
+        time: started.elapsed(),
+        units: dirty as u64,
+        stats: delta(before, m.stats()),
+    }
+}
+
+/// Workload 5: 8-byte stores and loads to pages already writable (memory speed).
+pub fn resident(dir: &Path, s: Subject, pages: usize) -> Run {
+    let path = file_of(dir, s);
+    let len = (pages * PAGE) as u64;
+    sparse(&path, len);
+    let m = Mapped::open(s, &path, len);
+    for p in 0..pages {
+        m.touch(p, 1);
+    }
+    let base = m.ptr().cast::<u64>();
+    const ROUNDS: usize = 8;
+    let started = Instant::now();
+    let mut sum = 0u64;
+    for r in 0..ROUNDS {
+        for p in 0..pages {
+            let at = p * (PAGE / 8) + r * 8;
+            // SAFETY: within the file's pages, 8-byte aligned.
+            unsafe {
+                base.add(at).write_volatile(r as u64);
+                sum = sum.wrapping_add(base.add(at).read_volatile());
+            }
+        }
+    }
+    let time = started.elapsed();
+    std::hint::black_box(sum);
+    Run {
+        time,
+        units: (pages * ROUNDS) as u64,
+        stats: None,
+    }
+}
+
+/// Workload 6: Two threads first-writing disjoint halves at once.
+pub fn two_writers(dir: &Path, s: Subject, pages: usize) -> Run {
+    let path = file_of(dir, s);
+    let len = (pages * PAGE) as u64;
+    sparse(&path, len);
+    let m = Arc::new(Mapped::open(s, &path, len));
+    let half = pages / 2;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..2 {
+            let m = Arc::clone(&m);
+            scope.spawn(move || {
+                for p in t * half..(t + 1) * half {
+                    m.touch(p, 1);
+                }
+            });
+        }
+    });
+    Run {
+        time: started.elapsed(),
+        units: (2 * half) as u64,
+        stats: m.stats(),
+    }
+}
+
+/// Workload 7: `set_len` up by `pages` pages, or back down, per call.
+pub fn resize(dir: &Path, s: Subject, pages: usize, up: bool) -> Run {
+    let path = file_of(dir, s);
+    let len = (pages * PAGE) as u64;
+    written(&path, len);
+    let m = Mapped::open(s, &path, 2 * len);
+    const CALLS: u32 = 8;
+    let mut time = Duration::ZERO;
+    for _ in 0..CALLS {
+        let (from, to) = if up { (len, 2 * len) } else { (2 * len, len) };
+        m.set_len(from);
+        let started = Instant::now();
+        m.set_len(to);
+        time += started.elapsed();
+        m.set_len(len);
+    }
+    Run {
+        time,
+        units: CALLS.into(),
+        stats: m.stats(),
+    }
+}
+
+/// Workload 7: `punch_hole` of 1 MiB, per call, over written data.
+pub fn punch(dir: &Path, s: Subject, pages: usize) -> Run {
+    let path = file_of(dir, s);
+    let len = (pages * PAGE) as u64;
+    written(&path, len);
+    let m = Mapped::open(s, &path, len);
+    let _ = m.load(0);
+    let calls = (len >> 20).max(1);
+    let started = Instant::now();
+    for i in 0..calls {
+        m.punch(i << 20, (1 << 20).min(len));
+    }
+    Run {
+        time: started.elapsed(),
+        units: calls,
+        stats: m.stats(),
+    }
+}
+
+/// How a database-shaped run writes its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// Copies through the mapping's memory.
+    Raw,
+    /// mkwrite's checked `write` (no signal: errors come back).
+    Checked,
+    /// `pwrite` + `fdatasync`, no mapping at all.
+    Pwrite,
+}
+
+/// Workload 9: 512-byte records at random offsets of a sparse file from 2 threads,
+/// a flush every 10,000 records; per record.
+pub fn database(dir: &Path, s: Subject, writer: Writer, file_len: u64, records: u64) -> Run {
+    let path = file_of(dir, s);
+    sparse(&path, file_len);
+    let m = (writer != Writer::Pwrite).then(|| Mapped::open(s, &path, file_len));
+    let file = open_rw(&path);
+    let done = AtomicU64::new(0);
+    let slots = file_len / 512;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..2u64 {
+            let (m, file, done) = (m.as_ref(), &file, &done);
+            scope.spawn(move || {
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t + 1);
+                let record = [t as u8 + 1; 512];
+                for _ in 0..records / 2 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let at = (x % slots) * 512;
+                    match (writer, m) {
+                        (Writer::Raw, Some(m)) => {
+                            // SAFETY: the record lies within the file; records
+                            // of the two threads may overlap, as a database's
+                            // could not, but plain bytes racing is harmless here.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(record.as_ptr(), m.ptr().add(at as usize), 512)
+                            }
+                        }
+                        (Writer::Checked, Some(m)) => m
+                            .mkwrite()
+                            .expect("checked needs mkwrite")
+                            .write(at, &record)
+                            .expect("write"),
+                        _ => file.write_all_at(&record, at).expect("pwrite"),
+                    }
+                    if (done.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(10_000) {
+                        match m {
+                            Some(m) => m.flush(),
+                            None => file.sync_data().expect("fdatasync"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Run {
+        time: started.elapsed(),
+        units: records,
+        stats: m.as_ref().and_then(Mapped::stats),
+    }
+}
+
+/// Counters between two snapshots.
+fn delta(before: Option<Stats>, after: Option<Stats>) -> Option<Stats> {
+    let (b, mut a) = (before?, after?);
+    a.faults_missing_read -= b.faults_missing_read;
+    a.faults_missing_write -= b.faults_missing_write;
+    a.faults_write_protect -= b.faults_write_protect;
+    a.allocate_calls -= b.allocate_calls;
+    a.handler_time -= b.handler_time;
+    a.store_read_time -= b.store_read_time;
+    a.store_allocate_time -= b.store_allocate_time;
+    a.store_write_time -= b.store_write_time;
+    a.store_sync_time -= b.store_sync_time;
+    a.ioctl_time -= b.ioctl_time;
+    Some(a)
+}
+
+/// `fallocate` of `bytes` per call over `total` bytes of a fresh file, per call.
+pub fn fallocate_per_call(dir: &Path, bytes: u64, total: u64) -> Duration {
+    let path = dir.join("fallocate.dat");
+    sparse(&path, total);
+    let file = open_rw(&path);
+    let calls = total / bytes;
+    let started = Instant::now();
+    for i in 0..calls {
+        nix::fcntl::fallocate(
+            &file,
+            nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            (i * bytes) as i64,
+            bytes as i64,
+        )
+        .expect("fallocate");
+    }
+    let time = started.elapsed() / calls as u32;
+    let _ = std::fs::remove_file(&path);
+    time
+}
