@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::ahead::{ALLOCATE_AHEAD_MAX, READ_AHEAD_MAX, Streams};
 use crate::error::{Error, Result};
 use crate::fence::Fences;
 use crate::flags::{Flags, Residency};
@@ -41,6 +42,11 @@ pub(crate) struct Engine {
     pub owner: u32,
     /// Nothing may be written: the memory is read-only and so is the store.
     pub read_only: bool,
+    /// Sequential readers and writers, to work ahead of them (taken after `flags`).
+    pub streams: Mutex<Streams>,
+    /// A buffer for reads ahead, kept so each fault does not fault in a
+    /// fresh one (taken after `flags`).
+    pub scratch: Mutex<Vec<u8>>,
     /// Held shared by operations that must see a stable layout (checked copies,
     /// flushes), exclusively by those that change it (size changes, holes, eviction).
     pub layout: RwLock<()>,
@@ -186,8 +192,8 @@ impl Engine {
     fn make_ready(&self, flags: &mut Flags, page: u64, access: Access) -> Result<Resolved, Failure> {
         match (flags.residency(page), access) {
             (Residency::Absent, Access::Read) => {
-                self.fill(flags, page, false)?;
-                flags.filled_for_read(page);
+                let ahead = relock(self.streams.lock()).read.on_fault(page, READ_AHEAD_MAX);
+                self.fill_for_read(flags, page, ahead)?;
                 Ok(Resolved::FilledForRead)
             }
             (Residency::Absent, Access::Write) => {
@@ -206,12 +212,78 @@ impl Engine {
         }
     }
 
-    /// Allocates the blocks a write to `page` needs; nothing is marked on failure.
+    /// Allocates the blocks a write to `page` needs; nothing is marked on
+    /// failure. Ahead of a sequential writer it first tries to allocate the
+    /// next pages' blocks in the same call; if the store cannot, only this
+    /// page's blocks are asked for, so working ahead never fails a write.
     fn allocate_under(&self, flags: &mut Flags, page: u64) -> Result<(), Failure> {
         let Some(blocks) = flags.missing_blocks(page) else {
             return Ok(());
         };
+        let ahead = relock(self.streams.lock())
+            .write
+            .on_fault(page, ALLOCATE_AHEAD_MAX);
+        if ahead > 0 {
+            // Never past EOF: a block wholly past it must stay unallocated.
+            let eof_blocks = flags.eof().div_ceil(self.geo.block);
+            let end = self
+                .geo
+                .blocks_backing(page + ahead, flags.eof())
+                .end
+                .min(eof_blocks);
+            let missing =
+                crate::store::runs((blocks.start..end.max(blocks.end)).filter(|&b| !flags.is_allocated(b)));
+            if missing
+                .iter()
+                .all(|run| self.allocate(flags, run.clone()).is_ok())
+            {
+                return Ok(());
+            }
+            let Some(blocks) = flags.missing_blocks(page) else {
+                return Ok(());
+            };
+            return self.allocate(flags, blocks);
+        }
         self.allocate(flags, blocks)
+    }
+
+    /// Fills the absent `page` for reading, and up to `ahead` absent pages
+    /// after it below EOF with the same store read and the same copy.
+    fn fill_for_read(&self, flags: &mut Flags, page: u64, ahead: u64) -> io::Result<()> {
+        let count = 1
+            + (1..=ahead)
+                .take_while(|&i| {
+                    let p = page + i;
+                    p < self.geo.pages()
+                        && !flags.past_eof(p)
+                        && flags.residency(p) == Residency::Absent
+                        && flags.poisoned_pages(p..p + 1).is_empty()
+                        && !self.is_fenced(p)
+                })
+                .count() as u64;
+        let mut buf = relock(self.scratch.lock());
+        // Every byte is overwritten below: read, or zeroed past EOF.
+        buf.resize((count * self.geo.page) as usize, 0);
+        self.read_pages(flags, page, &mut buf)?;
+        match self.install(page, &buf, false) {
+            Ok(()) => {
+                for p in page..page + count {
+                    flags.filled_for_read(p);
+                }
+                Ok(())
+            }
+            Err(e) if count > 1 => {
+                // Some page ahead was not what the flags said; drop whatever
+                // went in and fill just the faulting page.
+                self.region
+                    .discard(self.page_offset(page), buf.len())
+                    .map_err(|_| e)?;
+                self.fill(flags, page, false)?;
+                flags.filled_for_read(page);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub fn allocate(&self, flags: &mut Flags, blocks: Range<u64>) -> Result<(), Failure> {
@@ -288,8 +360,13 @@ impl Engine {
 
     /// Reads `page` from the store; bytes past EOF read as zeros (DESIGN rule 5).
     fn read_page(&self, flags: &Flags, page: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read_pages(flags, page, buf)
+    }
+
+    /// Reads the pages from `page` that `buf` holds, in one store call.
+    fn read_pages(&self, flags: &Flags, page: u64, buf: &mut [u8]) -> io::Result<()> {
         let start = page * self.geo.page;
-        let visible = flags.eof().saturating_sub(start).min(self.geo.page) as usize;
+        let visible = flags.eof().saturating_sub(start).min(buf.len() as u64) as usize;
         self.counters.timed(Timer::StoreRead, || {
             self.store.read_at(start, &mut buf[..visible])
         })?;

@@ -67,6 +67,11 @@ impl Engine {
         self.wake(page)
     }
 
+    /// Whether `page` is fenced now.
+    pub fn is_fenced(&self, page: u64) -> bool {
+        self.lock_fences().0.iter().any(|f| f.page == page)
+    }
+
     /// Gives `page` its normal access back, if it was fenced.
     pub fn lift_fence(&self, page: u64) -> io::Result<()> {
         let mut fences = self.lock_fences();

@@ -85,6 +85,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod ahead;
 mod checked;
 mod engine;
 mod error;

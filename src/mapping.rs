@@ -90,6 +90,8 @@ impl Mapping {
             fences: Mutex::default(),
             owner: sys::process_id(),
             read_only: opts.read_only,
+            streams: Mutex::default(),
+            scratch: Mutex::default(),
             layout: RwLock::new(()),
             flush_lock: Mutex::new(()),
             counters: Counters::default(),

@@ -95,7 +95,9 @@ fn a_waiting_writer_resumes_when_told_space_was_freed() {
     let bytes = quota.inner().contents();
     assert!(bytes[..8192].iter().all(|&b| b == 3));
     assert!(bytes[40960..45960].iter().all(|&b| b == 4));
-    assert_eq!(quota.held_blocks(), 4);
+    // The four blocks written; a sequential writer may also have had blocks
+    // allocated ahead of it, within the raised quota.
+    assert!((4..=10).contains(&quota.held_blocks()), "{}", quota.held_blocks());
 }
 
 #[test]
