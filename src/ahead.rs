@@ -7,10 +7,28 @@
 
 /// Pages filled ahead of a sequential reader at most (128 KiB, the kernel's
 /// default readahead).
-pub(crate) const READ_AHEAD_MAX: u64 = 32;
+const READ_AHEAD_MAX: u64 = 32;
 /// Pages allocated ahead of a sequential writer at most (1 MiB: on ext4 one
 /// `fallocate` of 1 MiB costs what one of 4 KiB does).
-pub(crate) const ALLOCATE_AHEAD_MAX: u64 = 256;
+const ALLOCATE_AHEAD_MAX: u64 = 256;
+
+/// How the mapping will be accessed, as `madvise(2)` advices say it; see
+/// [`Mapping::advise`](crate::Mapping::advise). The destructive advices
+/// (`MADV_DONTNEED`, `MADV_FREE`) have no place here: [`evict`](crate::Mapping::evict)
+/// is their safe form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Advice {
+    /// Work ahead of what looks sequential (the default).
+    #[default]
+    Normal,
+    /// Work ahead from the first fault, with the widest window.
+    Sequential,
+    /// Never work ahead: every fault handles its own page only.
+    Random,
+    /// Fill the range for reading now (`MADV_WILLNEED`).
+    WillNeed,
+}
 
 /// One direction's sequential detector.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -23,22 +41,37 @@ pub(crate) struct Stream {
 
 impl Stream {
     /// A fault at `page`: how many pages after it to handle with it.
-    pub fn on_fault(&mut self, page: u64, max: u64) -> u64 {
-        self.window = if page == self.next && page != 0 {
-            (self.window * 2).clamp(1, max)
-        } else {
-            0
+    pub fn on_fault(&mut self, page: u64, max: u64, advice: Advice) -> u64 {
+        let sequential = page == self.next && page != 0;
+        self.window = match advice {
+            Advice::Random => 0,
+            Advice::Sequential => max,
+            _ if sequential => (self.window * 2).clamp(1, max),
+            _ => 0,
         };
         self.next = page + 1 + self.window;
         self.window
     }
 }
 
-/// The read and write detectors of one mapping.
+/// The read and write detectors of one mapping, and its advice.
 #[derive(Debug, Default)]
 pub(crate) struct Streams {
     pub read: Stream,
     pub write: Stream,
+    pub advice: Advice,
+}
+
+impl Streams {
+    /// A read fault at `page`: how many pages after it to fill too.
+    pub fn read_fault(&mut self, page: u64) -> u64 {
+        self.read.on_fault(page, READ_AHEAD_MAX, self.advice)
+    }
+
+    /// A write fault at `page`: how many pages after it to allocate for too.
+    pub fn write_fault(&mut self, page: u64) -> u64 {
+        self.write.on_fault(page, ALLOCATE_AHEAD_MAX, self.advice)
+    }
 }
 
 #[cfg(test)]
@@ -51,7 +84,7 @@ mod tests {
         let mut page = 0;
         let mut windows = Vec::new();
         for _ in 0..8 {
-            let w = s.on_fault(page, 8);
+            let w = s.on_fault(page, 8, Advice::Normal);
             windows.push(w);
             page += 1 + w;
         }
@@ -62,9 +95,24 @@ mod tests {
     fn a_jump_closes_the_window() {
         let mut s = Stream::default();
         for page in [5, 6, 8] {
-            s.on_fault(page, 32);
+            s.on_fault(page, 32, Advice::Normal);
         }
-        assert_eq!(s.on_fault(100, 32), 0, "random access reads nothing ahead");
-        assert_eq!(s.on_fault(101, 32), 1, "and a new run starts small");
+        assert_eq!(
+            s.on_fault(100, 32, Advice::Normal),
+            0,
+            "random access reads nothing ahead"
+        );
+        assert_eq!(
+            s.on_fault(101, 32, Advice::Normal),
+            1,
+            "and a new run starts small"
+        );
+    }
+
+    #[test]
+    fn advice_overrides_the_guess() {
+        let mut s = Stream::default();
+        assert_eq!(s.on_fault(7, 32, Advice::Sequential), 32);
+        assert_eq!(s.on_fault(8, 32, Advice::Random), 0);
     }
 }

@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::ahead::{ALLOCATE_AHEAD_MAX, READ_AHEAD_MAX, Streams};
+use crate::ahead::Streams;
 use crate::error::{Error, Result};
 use crate::fence::Fences;
 use crate::flags::{Flags, Residency};
@@ -192,7 +192,7 @@ impl Engine {
     fn make_ready(&self, flags: &mut Flags, page: u64, access: Access) -> Result<Resolved, Failure> {
         match (flags.residency(page), access) {
             (Residency::Absent, Access::Read) => {
-                let ahead = relock(self.streams.lock()).read.on_fault(page, READ_AHEAD_MAX);
+                let ahead = relock(self.streams.lock()).read_fault(page);
                 self.fill_for_read(flags, page, ahead)?;
                 Ok(Resolved::FilledForRead)
             }
@@ -220,9 +220,7 @@ impl Engine {
         let Some(blocks) = flags.missing_blocks(page) else {
             return Ok(());
         };
-        let ahead = relock(self.streams.lock())
-            .write
-            .on_fault(page, ALLOCATE_AHEAD_MAX);
+        let ahead = relock(self.streams.lock()).write_fault(page);
         if ahead > 0 {
             // Never past EOF: a block wholly past it must stay unallocated.
             let eof_blocks = flags.eof().div_ceil(self.geo.block);

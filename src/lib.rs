@@ -101,16 +101,19 @@ pub mod guarded;
 mod handler;
 mod mapping;
 mod options;
+mod raw;
 mod resize;
 mod stats;
 pub mod store;
 #[allow(unsafe_code)]
 mod sys;
 
+pub use ahead::Advice;
 pub use error::{Error, PartialError, Result};
 pub use geometry::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
 pub use mapping::Mapping;
 pub use options::{DEFAULT_CAPACITY, FullAction, FullFault, MappingOptions, OnFull};
+pub use raw::RawMemory;
 pub use stats::Stats;
 pub use store::{FileStore, MemStore, QuotaStore, Store};
 pub use sys::UffdOrigin;

@@ -5,12 +5,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
+use crate::ahead::Advice;
 use crate::engine::Access;
 use crate::engine::Engine;
 use crate::error::{Error, PartialError, Result};
 use crate::flags::Flags;
 use crate::geometry::{Geometry, check_block_size};
 use crate::options::{DEFAULT_CAPACITY, MappingOptions};
+use crate::raw::RawMemory;
 use crate::stats::{Counters, Stats};
 use crate::store::Store;
 use crate::sys::{self, Doorbell, Region, Uffd, UffdOrigin};
@@ -38,6 +40,8 @@ use crate::sys::{self, Doorbell, Region, Uffd, UffdOrigin};
 pub struct Mapping {
     engine: Arc<Engine>,
     handler: Option<JoinHandle<()>>,
+    /// Flushes started by [`flush_async`](Self::flush_async), not yet waited for.
+    async_flushes: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -105,6 +109,7 @@ impl Mapping {
         Ok(Mapping {
             engine,
             handler: Some(handler),
+            async_flushes: Mutex::default(),
         })
     }
 
@@ -155,6 +160,11 @@ impl Mapping {
     /// aliasing rules for any reference it makes from this pointer.
     pub fn as_ptr(&self) -> *mut u8 {
         self.engine.region.as_ptr()
+    }
+
+    /// The memory as a `Send + Sync` value, for handing to other threads.
+    pub fn raw(&self) -> RawMemory {
+        RawMemory::new(self.as_ptr(), self.engine.region.len())
     }
 
     /// The file's bytes `[0, len)`. A page the store cannot serve raises SIGBUS.
@@ -286,7 +296,88 @@ impl Mapping {
     /// from memory behind the mapping's back by `madvise`.
     pub fn flush(&self) -> Result<()> {
         self.usable()?;
+        self.wait_async_flushes();
         self.engine.flush(0..self.engine.geo.pages())
+    }
+
+    /// Starts writing back every dirty page and syncing, on a thread of its
+    /// own, and returns at once (memmap2's `flush_async`). A later
+    /// [`flush`](Self::flush) (or [`close`](Self::close)) waits for it first,
+    /// then writes what it missed, so after that `flush` returns `Ok` every
+    /// byte written before the `flush_async` began is durable. A background
+    /// flush that fails leaves its pages dirty; its error is not reported
+    /// (the waiting flush retries them and reports its own).
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(8192).map_store(store.clone())?;
+    /// map.write(0, b"early")?;
+    /// map.flush_async()?;          // write-back starts; this thread goes on
+    /// map.write(4096, b"late")?;
+    /// map.flush()?;                // waits for it, then writes the rest
+    /// assert_eq!(&store.contents()[4096..4100], b"late");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn flush_async(&self) -> Result<()> {
+        self.usable()?;
+        let engine = Arc::clone(&self.engine);
+        let pages = 0..self.engine.geo.pages();
+        let handle = std::thread::Builder::new()
+            .name("mkwrite-flush".into())
+            .spawn(move || {
+                // Failed pages stay dirty for the flush that waits on this one.
+                let _ = engine.flush(pages);
+            })?;
+        self.async_flushes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+        Ok(())
+    }
+
+    /// Waits for the flushes [`flush_async`](Self::flush_async) started.
+    fn wait_async_flushes(&self) {
+        let started = std::mem::take(&mut *self.async_flushes.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in started {
+            // A panic in a background flush left its pages dirty; the
+            // waiting flush writes them.
+            let _ = handle.join();
+        }
+    }
+
+    /// How the memory will be used, as `madvise(2)` advices say it.
+    /// [`Advice::Sequential`] and [`Advice::Random`] set how far faults work
+    /// ahead for the whole mapping (reads fill, writes allocate ahead);
+    /// [`Advice::Normal`] guesses again; [`Advice::WillNeed`] fills
+    /// `[offset, offset + len)` for reading now (within EOF).
+    ///
+    /// ```
+    /// # use mkwrite::{Advice, MappingOptions, MemStore, Store};
+    /// # let store = MemStore::new(4096, 64)?;
+    /// # store.set_len(65536)?;
+    /// # let map = MappingOptions::new().capacity(65536).map_store(store)?;
+    /// map.advise(Advice::WillNeed, 0, 65536)?;
+    /// assert_eq!(map.stats().pages_resident, 16);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn advise(&self, advice: Advice, offset: u64, len: u64) -> Result<()> {
+        self.usable()?;
+        match advice {
+            Advice::WillNeed => self
+                .engine
+                .populate(offset, len, Access::Read)
+                .map_err(Error::from),
+            _ => {
+                self.engine
+                    .streams
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .advice = advice;
+                Ok(())
+            }
+        }
     }
 
     /// [`flush`](Self::flush) for the pages overlapping `[offset, offset + len)`.
@@ -381,6 +472,7 @@ impl Mapping {
         let Some(handler) = self.handler.take() else {
             return Ok(());
         };
+        self.wait_async_flushes();
         let flushed = self
             .usable()
             .and_then(|()| self.engine.flush(0..self.engine.geo.pages()));

@@ -1,0 +1,141 @@
+//! The memmap2-style calls: `flush_async`, `advise`, `raw`, each against
+//! the real kernel and a real store.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::Mount;
+use common::injector::{Fault, Injector};
+use mkwrite::{Advice, Mapping, MappingOptions, MemStore, Store};
+
+const PAGE: usize = 4096;
+
+fn poke(map: &Mapping, offset: usize, byte: u8) {
+    // SAFETY: callers stay inside the file's pages.
+    unsafe { map.raw().as_ptr().add(offset).write_volatile(byte) }
+}
+
+fn peek(map: &Mapping, offset: usize) -> u8 {
+    // SAFETY: callers stay inside the file's pages.
+    unsafe { map.raw().as_ptr().add(offset).read_volatile() }
+}
+
+#[test]
+fn a_flush_after_flush_async_makes_every_earlier_byte_durable() {
+    let fs = Mount::tmpfs(16 << 20);
+    let path = fs.path("f");
+    let map = common::kib_block_mapping(&path, (256 * PAGE) as u64);
+    for p in 0..256 {
+        poke(&map, p * PAGE, 1);
+    }
+    map.flush_async().unwrap();
+    // Written while the background flush may be running: caught by the flush.
+    for p in (0..256).step_by(3) {
+        poke(&map, p * PAGE + 1, 2);
+    }
+    map.flush_async().unwrap();
+    map.flush().unwrap();
+    assert_eq!(map.stats().pages_dirty, 0);
+    let file = common::read_file(&path);
+    for p in 0..256 {
+        assert_eq!(file[p * PAGE], 1, "page {p}");
+        assert_eq!(file[p * PAGE + 1], if p % 3 == 0 { 2 } else { 0 }, "page {p}");
+    }
+}
+
+#[test]
+fn a_failed_background_flush_is_written_by_the_flush_that_waits() {
+    let store = Arc::new(Injector::new(
+        MemStore::new(1024, 1000).unwrap(),
+        Some((Fault::WriteEio, 0)),
+    ));
+    store.set_len(64 * 1024).unwrap();
+    let map = MappingOptions::new()
+        .capacity(64 * 1024)
+        .map_store(store.clone())
+        .unwrap();
+    map.write(100, &[5; 10_000]).unwrap();
+    map.flush_async().unwrap(); // its first write fails
+    map.flush().unwrap();
+    assert!(store.inner.contents()[100..10_100].iter().all(|&b| b == 5));
+    assert_eq!(map.stats().pages_dirty, 0);
+    map.check_invariants().unwrap();
+}
+
+/// A mapping of 64 written pages, none resident.
+fn written(advice: Advice) -> Mapping {
+    let store = MemStore::new(4096, 64).unwrap();
+    store.set_len((64 * PAGE) as u64).unwrap();
+    store.allocate(0..64).unwrap();
+    store.write_at(0, &[9; 64 * PAGE]).unwrap();
+    let map = MappingOptions::new()
+        .capacity((64 * PAGE) as u64)
+        .map_store(store)
+        .unwrap();
+    map.advise(advice, 0, 0).unwrap();
+    map
+}
+
+fn read_faults_of_a_sequential_pass(map: &Mapping) -> u64 {
+    for p in 0..64 {
+        assert_eq!(peek(map, p * PAGE), 9);
+    }
+    map.stats().faults_missing_read
+}
+
+#[test]
+fn advice_sets_how_far_reads_fill_ahead() {
+    let random = read_faults_of_a_sequential_pass(&written(Advice::Random));
+    let normal = read_faults_of_a_sequential_pass(&written(Advice::Normal));
+    let sequential = read_faults_of_a_sequential_pass(&written(Advice::Sequential));
+    assert_eq!(random, 64, "one fault a page");
+    assert!(
+        normal < 16,
+        "a sequential pass is seen and read ahead: {normal} faults"
+    );
+    assert!(
+        sequential <= 2,
+        "the widest window from the first fault: {sequential} faults"
+    );
+}
+
+#[test]
+fn will_need_fills_a_range_without_a_fault() {
+    let map = written(Advice::Normal);
+    map.advise(Advice::WillNeed, 8 * PAGE as u64, 8 * PAGE as u64)
+        .unwrap();
+    let stats = map.stats();
+    // The range, and maybe pages read ahead of it (as the kernel's WILLNEED does).
+    assert!((8..=40).contains(&stats.pages_resident), "{}", stats.pages_resident);
+    assert_eq!(stats.faults_missing_read + stats.faults_missing_write, 0);
+    assert_eq!(peek(&map, 8 * PAGE), 9);
+    assert_eq!(
+        map.stats().faults_missing_read,
+        0,
+        "the filled page reads without a fault"
+    );
+    assert!(
+        map.advise(Advice::WillNeed, 60 * PAGE as u64, 8 * PAGE as u64)
+            .is_err(),
+        "past EOF"
+    );
+}
+
+#[test]
+fn raw_memory_crosses_threads() {
+    let map = written(Advice::Normal);
+    let memory = map.raw();
+    assert_eq!(memory.len(), 64 * PAGE);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            s.spawn(move || {
+                // SAFETY: distinct pages of the file; the mapping outlives the scope.
+                unsafe { memory.as_ptr().add(t * PAGE).write_volatile(t as u8) };
+            });
+        }
+    });
+    for t in 0..4 {
+        assert_eq!(peek(&map, t * PAGE), t as u8);
+    }
+}
