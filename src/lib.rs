@@ -27,6 +27,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! The [`guide`] says how a database uses it: choosing a policy for a full
+//! store, turning SIGBUS into an error for one transaction, system calls on
+//! the mapping, capacity, and what is not promised.
+//!
 //! The rules every part keeps are in `docs/design.md`: a page is writable only
 //! when its blocks below EOF are allocated; a failed allocation is never silent;
 //! flush writes by per-block flags, never by file size; bytes past EOF read as
@@ -98,6 +102,7 @@ mod geometry;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)] // unsafe fns over raw memory; the unsafe work is in sys::guard
 pub mod guarded;
+pub mod guide;
 mod handler;
 mod mapping;
 mod options;
