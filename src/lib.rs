@@ -120,7 +120,7 @@ pub use mapping::Mapping;
 pub use options::{DEFAULT_CAPACITY, FullAction, FullFault, MappingOptions, OnFull};
 pub use raw::RawMemory;
 pub use stats::Stats;
-pub use store::{FileStore, MemStore, QuotaStore, Store};
+pub use store::{FileStore, MemStore, NbdOptions, NbdStore, QuotaStore, Store};
 pub use sys::UffdOrigin;
 
 /// The README's examples, compiled as doctests so they stay true.

@@ -202,6 +202,29 @@ impl MappingOptions {
         self.map_store(store)
     }
 
+    /// Maps the file on the NBD export at `uri` through an
+    /// [`NbdStore`](crate::NbdStore): [`create`](Self::create) initialises a
+    /// blank export, [`block_size`](Self::block_size) is a new export's block size.
+    ///
+    /// ```no_run
+    /// let map = mkwrite::MappingOptions::new()
+    ///     .create(true)
+    ///     .open_nbd("nbd+unix:///db?socket=/run/nbd.sock")?;
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Open`] naming the URI, as [`NbdOptions::connect`](crate::NbdOptions::connect) says.
+    pub fn open_nbd(&self, uri: &str) -> Result<Mapping> {
+        let mut nbd = crate::NbdOptions::new();
+        nbd.create(self.create);
+        if let Some(b) = self.block_size {
+            nbd.block_size(b);
+        }
+        self.map_store(nbd.connect(uri)?)
+    }
+
     /// Maps any store.
     pub fn map_store<S: Store + 'static>(&self, store: S) -> Result<Mapping> {
         if let Some(b) = self.block_size

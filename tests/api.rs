@@ -107,7 +107,11 @@ fn will_need_fills_a_range_without_a_fault() {
         .unwrap();
     let stats = map.stats();
     // The range, and maybe pages read ahead of it (as the kernel's WILLNEED does).
-    assert!((8..=40).contains(&stats.pages_resident), "{}", stats.pages_resident);
+    assert!(
+        (8..=40).contains(&stats.pages_resident),
+        "{}",
+        stats.pages_resident
+    );
     assert_eq!(stats.faults_missing_read + stats.faults_missing_write, 0);
     assert_eq!(peek(&map, 8 * PAGE), 9);
     assert_eq!(

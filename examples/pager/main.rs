@@ -19,6 +19,9 @@ const LONG_ABOUT: &str = "Memory-mapped files that fail at the fault, not at wri
 
 Sizes and offsets take 4096, 4K, 1M, 1G, 1T (powers of 1024).
 
+--nbd URI keeps the file on an NBD export (nbdkit, qemu-nbd, ...) instead of FILE: \
+`pager script x --nbd nbd://127.0.0.1:10809/db`.
+
 Exit status: 0 done; 1 an error (one line on stderr); 2 a usage error; 3 the store \
 is full (no space, or over --quota); 141 stdout was closed (a reader such as `head` \
 quit): the output stops quietly, with the status a shell shows for a program killed \

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use clap::{Args, ValueEnum};
 use mkwrite::{
-    FileStore, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Mapping, MappingOptions, MemStore, OnFull, QuotaStore, Store,
-    UffdOrigin,
+    FileStore, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Mapping, MappingOptions, MemStore, NbdOptions, OnFull,
+    QuotaStore, Store, UffdOrigin,
 };
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -60,6 +60,11 @@ pub struct Common {
     /// Where the blocks live.
     #[arg(long, value_enum, default_value = "file")]
     pub store: StoreKind,
+    /// Keep the file on an NBD export instead (FILE is then unused):
+    /// nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH. A blank
+    /// export is initialised by the commands that create files.
+    #[arg(long, value_name = "URI", conflicts_with = "store")]
+    pub nbd: Option<String>,
     /// Bytes a `--store mem` holds before it is full.
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub mem_size: u64,
@@ -70,8 +75,16 @@ pub struct Common {
 
 impl Common {
     pub fn store(&self, file: &Path, access: Access) -> mkwrite::Result<Box<dyn Store>> {
-        let store: Box<dyn Store> = match self.store {
-            StoreKind::File => {
+        let store: Box<dyn Store> = match (&self.nbd, self.store) {
+            (Some(uri), _) => {
+                let mut nbd = NbdOptions::new();
+                nbd.create(access == Access::Create);
+                if let Some(b) = self.block_size {
+                    nbd.block_size(b);
+                }
+                Box::new(nbd.connect(uri)?)
+            }
+            (None, StoreKind::File) => {
                 let s = match access {
                     Access::Create => FileStore::create(file)?,
                     Access::Existing => FileStore::open(file)?,
@@ -82,7 +95,7 @@ impl Common {
                     None => s,
                 })
             }
-            StoreKind::Mem => {
+            (None, StoreKind::Mem) => {
                 let block = self.block_size.unwrap_or(4096);
                 Box::new(MemStore::new(block, self.mem_size / block)?)
             }

@@ -2,10 +2,12 @@
 
 mod file;
 mod mem;
+mod nbd;
 mod quota;
 
 pub use file::FileStore;
 pub use mem::MemStore;
+pub use nbd::{NbdOptions, NbdStore};
 pub use quota::QuotaStore;
 
 use std::io;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod injector;
+pub mod nbd_server;
 pub mod pager;
 pub mod strace;
 
