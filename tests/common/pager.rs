@@ -1,4 +1,4 @@
-//! Running the `pager` example as a process.
+//! Running the `pager` CLI (the workspace member `pager/`) as a process.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,23 +6,23 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-/// The example binary, built once by the same cargo and profile as this test.
+/// The pager binary, built once by the same cargo and profile as this test.
 pub fn pager() -> Command {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
     BUILT.call_once(|| {
         let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        build.args(["build", "--quiet", "--example", "pager"]);
+        build.args(["build", "--quiet", "-p", "pager"]);
         if profile_dir.ends_with("release") {
             build.arg("--release");
         }
         assert!(
             build.status().unwrap().success(),
-            "building the pager example failed"
+            "building the pager failed"
         );
     });
-    let path: PathBuf = profile_dir.join("examples/pager");
+    let path: PathBuf = profile_dir.join("pager");
     Command::new(path)
 }
 
