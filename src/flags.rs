@@ -63,6 +63,32 @@ impl Flags {
         flags
     }
 
+    /// These flags over the larger `geo` of a grown reservation: pages and
+    /// blocks past the old capacity absent and unallocated; no poison marks
+    /// (the new memory has none: an access past EOF poisons again).
+    pub fn regrown(&self, geo: Geometry) -> Flags {
+        debug_assert!(
+            geo.capacity >= self.geo.capacity && geo.page == self.geo.page && geo.block == self.geo.block
+        );
+        let grown = |set: &FixedBitSet, len: u64| {
+            let mut set = set.clone();
+            set.grow(len as usize);
+            set
+        };
+        let mut pages = self.pages.clone();
+        pages.resize(geo.pages() as usize, Residency::Absent);
+        Flags {
+            geo,
+            eof: self.eof,
+            pages,
+            dirty: grown(&self.dirty, geo.pages()),
+            allocated: grown(&self.allocated, geo.blocks()),
+            poisoned: FixedBitSet::with_capacity(geo.pages() as usize),
+            locked: grown(&self.locked, geo.pages()),
+            lost: self.lost.clone(),
+        }
+    }
+
     pub fn eof(&self) -> u64 {
         self.eof
     }
@@ -376,6 +402,23 @@ mod tests {
         assert!(f.take_lost().is_empty(), "reported once");
         assert_eq!(f.resident_count(), 0);
         f.check().unwrap();
+    }
+
+    #[test]
+    fn regrowing_keeps_every_flag_below_the_old_capacity() {
+        let mut f = flags(1024, 9000);
+        f.mark_allocated(0..9);
+        f.granted_write(1);
+        f.filled_for_read(2);
+        f.set_locked(2..3, true);
+        f.poisoned(10);
+        let g = f.regrown(Geometry::new(4096, 1024, 256 * 1024).unwrap());
+        assert_eq!((g.residency(1), g.is_dirty(1)), (Residency::Writable, true));
+        assert_eq!(g.residency(2), Residency::Protected);
+        assert!(g.is_locked(2) && g.is_allocated(8) && !g.is_allocated(9));
+        assert!(g.poisoned_pages(0..64).is_empty(), "the new memory has no poison");
+        assert_eq!(g.residency(63), Residency::Absent);
+        g.check().unwrap();
     }
 
     #[test]

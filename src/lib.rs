@@ -107,6 +107,7 @@ mod handler;
 mod mapping;
 mod options;
 mod raw;
+mod regrow;
 mod resize;
 mod stats;
 pub mod store;

@@ -459,6 +459,59 @@ impl Mapping {
         }
     }
 
+    /// Stops the handler thread; faults parked in it fail.
+    fn stop_handler(&self, handler: JoinHandle<()>) -> std::thread::Result<()> {
+        self.engine.stopping.store(true, Ordering::SeqCst);
+        self.engine.doorbell.ring();
+        handler.join()
+    }
+
+    /// Grows the reservation to at least `capacity` bytes, for a file that
+    /// outgrew it (memmap2's `remap`). The memory moves: pointers from
+    /// [`as_ptr`](Self::as_ptr) and [`raw`](Self::raw) before the call are
+    /// invalid after it, which `&mut self` makes explicit; no thread may
+    /// touch the old memory meanwhile. Every resident page is copied with
+    /// its protection, so data, allocation, dirty and locked state are kept.
+    /// A smaller `capacity` does nothing.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = MemStore::new(4096, 64)?;
+    /// let mut map = MappingOptions::new().capacity(8192).map_store(store)?;
+    /// map.set_len(8192)?;
+    /// map.write(0, b"kept")?;
+    /// map.grow_capacity(1 << 20)?;
+    /// map.set_len(1 << 20)?; // past the old capacity
+    /// let mut back = [0; 4];
+    /// map.read(0, &mut back)?;
+    /// assert_eq!(&back, b"kept");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CapacityUnavailable`] if the address space has no room;
+    /// the mapping is then unchanged.
+    pub fn grow_capacity(&mut self, capacity: u64) -> Result<()> {
+        self.usable()?;
+        if capacity <= self.capacity() {
+            return Ok(());
+        }
+        self.wait_async_flushes();
+        if let Some(handler) = self.handler.take() {
+            let _ = self.stop_handler(handler);
+        }
+        self.engine.stopping.store(false, Ordering::SeqCst);
+        let regrown = match Arc::get_mut(&mut self.engine) {
+            Some(engine) => engine.regrow(capacity),
+            None => Err(Error::HandlerFailed(
+                "the mapping's engine is still shared".into(),
+            )),
+        };
+        self.handler = Some(crate::handler::spawn(Arc::clone(&self.engine))?);
+        regrown
+    }
+
     /// Flushes, then tears down; returns the flush's (or the handler's) error.
     /// In a forked child it does nothing and returns [`Error::Forked`].
     pub fn close(mut self) -> Result<()> {
@@ -476,9 +529,7 @@ impl Mapping {
         let flushed = self
             .usable()
             .and_then(|()| self.engine.flush(0..self.engine.geo.pages()));
-        self.engine.stopping.store(true, Ordering::SeqCst);
-        self.engine.doorbell.ring();
-        let joined = handler.join();
+        let joined = self.stop_handler(handler);
         // Wakes any thread still (wrongly) waiting on a fault; nothing else to do.
         let _ = self
             .engine

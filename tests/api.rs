@@ -143,3 +143,56 @@ fn raw_memory_crosses_threads() {
         assert_eq!(peek(&map, t * PAGE), t as u8);
     }
 }
+
+#[test]
+fn growing_the_capacity_keeps_data_allocation_dirty_and_locked_state() {
+    let fs = Mount::tmpfs(16 << 20);
+    let path = fs.path("g");
+    let mut map = common::kib_block_mapping(&path, (16 * PAGE) as u64);
+    for p in 0..16 {
+        poke(&map, p * PAGE, p as u8 + 1);
+    }
+    map.flush().unwrap(); // clean and write-protected
+    for p in (0..16).step_by(2) {
+        poke(&map, p * PAGE + 1, 0xEE); // dirty, writable
+    }
+    map.lock(0, 4 * PAGE as u64).unwrap();
+    let before = map.stats();
+    let old = map.raw();
+    map.grow_capacity(64 << 20).unwrap();
+    assert!(map.capacity() >= 64 << 20);
+    assert_ne!(map.raw(), old, "the memory moved");
+    let after = map.stats();
+    assert_eq!(after.pages_resident, before.pages_resident);
+    assert_eq!(after.pages_dirty, before.pages_dirty);
+    assert_eq!(after.blocks_allocated, before.blocks_allocated);
+    for p in 0..16 {
+        assert_eq!(peek(&map, p * PAGE), p as u8 + 1, "page {p}");
+        assert_eq!(
+            peek(&map, p * PAGE + 1),
+            if p % 2 == 0 { 0xEE } else { 0 },
+            "page {p}"
+        );
+    }
+    // Writable pages stayed writable, protected ones still fault once.
+    let faults = after.faults_write_protect;
+    poke(&map, 2, 1);
+    assert_eq!(map.stats().faults_write_protect, faults, "page 0 was writable");
+    poke(&map, PAGE + 2, 1);
+    assert_eq!(
+        map.stats().faults_write_protect,
+        faults + 1,
+        "page 1 was protected"
+    );
+    map.evict().unwrap();
+    assert!(map.stats().pages_resident >= 4, "locked pages stay");
+    // The file grows past the old capacity.
+    map.set_len(32 << 20).unwrap();
+    poke(&map, (32 << 20) - 1, 7);
+    map.flush().unwrap();
+    map.check_invariants().unwrap();
+    let file = common::read_file(&path);
+    assert_eq!(file.len(), 32 << 20);
+    assert_eq!((file[PAGE], file[PAGE + 2], file[(32 << 20) - 1]), (2, 1, 7));
+    assert_eq!(file[2 * PAGE + 1], 0xEE);
+}

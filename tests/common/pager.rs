@@ -17,10 +17,7 @@ pub fn pager() -> Command {
         if profile_dir.ends_with("release") {
             build.arg("--release");
         }
-        assert!(
-            build.status().unwrap().success(),
-            "building the pager failed"
-        );
+        assert!(build.status().unwrap().success(), "building the pager failed");
     });
     let path: PathBuf = profile_dir.join("pager");
     Command::new(path)
