@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
-use crate::store::{FileStore, Store};
+use crate::store::{FileStore, Store, Window};
 
 /// A write fault that could not allocate its blocks, as shown to an
 /// [`OnFull::callback`].
@@ -102,6 +102,9 @@ pub struct MappingOptions {
     pub(crate) create: bool,
     pub(crate) uffd_fallback: bool,
     pub(crate) read_only: bool,
+    /// The window: where in the file the mapping starts, and how far it reaches.
+    pub(crate) offset: u64,
+    pub(crate) len: Option<u64>,
 }
 
 impl Default for MappingOptions {
@@ -113,6 +116,8 @@ impl Default for MappingOptions {
             create: false,
             uffd_fallback: true,
             read_only: false,
+            offset: 0,
+            len: None,
         }
     }
 }
@@ -232,6 +237,46 @@ impl MappingOptions {
         {
             crate::geometry::check_block_size(b)?;
         }
-        Mapping::new(Box::new(store), self)
+        if self.offset == 0 && self.len.is_none() {
+            return Mapping::new(Box::new(store), self);
+        }
+        let len = self
+            .len
+            .unwrap_or_else(|| store.len().saturating_sub(self.offset));
+        // An offset off a block boundary: InvalidInput, saying so.
+        let window = Window::new(store, self.offset, len).map_err(Error::Io)?;
+        let mut opts = self.clone();
+        opts.capacity.get_or_insert(len);
+        Mapping::new(Box::new(window), &opts)
+    }
+
+    /// Maps the file from `offset` on (a multiple of the block size), as
+    /// memmap2's `MmapOptions::offset`: offset 0 of the mapping is `offset`
+    /// of the file, and the mapping reads, allocates and writes only inside
+    /// its window (see [`len`](Self::len)). A window cannot change the
+    /// file's length.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// store.set_len(16384)?;
+    /// let map = MappingOptions::new().offset(8192).len(4096).map_store(store.clone())?;
+    /// map.write(0, b"in the window")?;
+    /// map.flush()?;
+    /// assert_eq!(&store.contents()[8192..8205], b"in the window");
+    /// assert_eq!(store.held_blocks(), 1); // only the window's block
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn offset(&mut self, offset: u64) -> &mut Self {
+        self.offset = offset;
+        self
+    }
+
+    /// How far the window reaches from [`offset`](Self::offset) (default: to
+    /// the file's end); the mapping's length is the part of it the file
+    /// covers, and its capacity defaults to it.
+    pub fn len(&mut self, len: u64) -> &mut Self {
+        self.len = Some(len);
+        self
     }
 }

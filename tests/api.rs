@@ -196,3 +196,43 @@ fn growing_the_capacity_keeps_data_allocation_dirty_and_locked_state() {
     assert_eq!((file[PAGE], file[PAGE + 2], file[(32 << 20) - 1]), (2, 1, 7));
     assert_eq!(file[2 * PAGE + 1], 0xEE);
 }
+
+#[test]
+fn a_window_maps_reads_allocates_and_flushes_only_its_range() {
+    let fs = Mount::tmpfs(16 << 20);
+    let path = fs.path("w");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(64 * 1024).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[3; 4096], 20 * 1024).unwrap();
+    file.sync_all().unwrap();
+    let map = MappingOptions::new()
+        .offset(16 * 1024)
+        .len(16 * 1024)
+        .open(&path)
+        .unwrap();
+    assert_eq!((map.len(), map.capacity()), (16 * 1024, 16 * 1024));
+    assert_eq!(peek(&map, 4 * 1024), 3, "file offset 20 KiB");
+    for p in 0..4 {
+        poke(&map, p * PAGE + 100, 9);
+    }
+    map.flush().unwrap();
+    let bytes = common::read_file(&path);
+    for (i, &b) in bytes.iter().enumerate() {
+        let want = match i {
+            _ if (16 * 1024..32 * 1024).contains(&i) && i % PAGE == 100 => 9,
+            _ if (20 * 1024..24 * 1024).contains(&i) => 3,
+            _ => 0,
+        };
+        assert_eq!(b, want, "byte {i}");
+    }
+    let used = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap()) * 512;
+    assert_eq!(used, 16 * 1024, "only the window's blocks are allocated");
+    assert!(
+        map.set_len(8 * 1024).is_err(),
+        "a window cannot change the file's length"
+    );
+    let past = map.write(16 * 1024, b"x").unwrap_err();
+    assert!(matches!(past.error, mkwrite::Error::OutOfRange { .. }), "{past}");
+    let odd = MappingOptions::new().offset(100).open(&path).unwrap_err();
+    assert_eq!(odd.kind(), std::io::ErrorKind::InvalidInput, "{odd}");
+}

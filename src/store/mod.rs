@@ -4,11 +4,13 @@ mod file;
 mod mem;
 mod nbd;
 mod quota;
+mod window;
 
 pub use file::FileStore;
 pub use mem::MemStore;
 pub use nbd::{NbdOptions, NbdStore};
 pub use quota::QuotaStore;
+pub use window::Window;
 
 use std::io;
 use std::ops::Range;
