@@ -9,6 +9,12 @@
 //!
 //! As root it creates and removes an ext4 (4 KiB blocks) loop mount and a
 //! tmpfs; otherwise it uses a temporary directory, and says so.
+//!
+//! On ext4 (or the temporary directory) it also runs the first-write and
+//! flush workloads through mkwrite over an `NbdStore`, served by nbdkit's
+//! file plugin from an image on that filesystem over TCP on 127.0.0.1,
+//! beside the kernel's mmap of a local file there. Without nbdkit those
+//! rows are skipped, and it says so in one line.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -17,7 +23,8 @@ mod workloads;
 use std::path::Path;
 use std::time::Duration;
 
-use workloads::{Run, Subject, Writer};
+use common::nbd_server::{Listen, Program, Server};
+use workloads::{Nbd, Run, Subject, Writer};
 
 struct Size {
     pages: usize,
@@ -79,6 +86,12 @@ fn main() {
     };
     for (fs, dir) in &mounts {
         rows.extend(suite(dir.path(), fs, size));
+        if *fs != "tmpfs" {
+            match nbdkit_missing() {
+                None => rows.extend(nbd_suite(dir.path(), fs, size)),
+                Some(why) => println!("NBD rows skipped: {why}"),
+            }
+        }
         floors.push((*fs, fallocate_floor(dir.path())));
     }
     print_table(&rows);
@@ -111,13 +124,24 @@ fn median(reps: usize, mut run: impl FnMut() -> Run) -> Run {
     runs.swap_remove(runs.len() / 2)
 }
 
+/// A row: the median of `reps` runs of each subject.
+fn measure(
+    name: String,
+    fs: &'static str,
+    reps: usize,
+    mk: &mut dyn FnMut() -> Run,
+    kernel: &mut dyn FnMut() -> Run,
+) -> Row {
+    let mk = median(reps, mk);
+    let kernel = median(reps, kernel);
+    Row { name, fs, mk, kernel }
+}
+
 fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
     let n = size.pages;
     let mut rows = Vec::new();
-    let mut row = |name: String, mk: &mut dyn FnMut() -> Run, kernel: &mut dyn FnMut() -> Run| {
-        let mk = median(size.reps, mk);
-        let kernel = median(size.reps, kernel);
-        rows.push(Row { name, fs, mk, kernel });
+    let mut row = |name, mk: &mut dyn FnMut() -> Run, kernel: &mut dyn FnMut() -> Run| {
+        rows.push(measure(name, fs, size.reps, mk, kernel))
     };
     for random in [false, true] {
         let how = if random { "random" } else { "sequential" };
@@ -206,6 +230,58 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
         &mut || db(KERNEL, Writer::Pwrite),
         &mut || db(KERNEL, Writer::Raw),
     );
+    rows
+}
+
+/// Why nbdkit cannot serve the NBD rows, or `None` if it can: the program
+/// and its file plugin must both be installed.
+fn nbdkit_missing() -> Option<String> {
+    match std::process::Command::new("nbdkit")
+        .args(["file", "--dump-plugin"])
+        .output()
+    {
+        Err(e) => Some(format!("nbdkit not found ({e}); .ci/run installs it")),
+        Ok(out) if !out.status.success() => Some(format!(
+            "nbdkit has no file plugin: {}",
+            String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("")
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// Workloads 1 (sequential) and 4 through mkwrite over an `NbdStore` on
+/// nbdkit's file plugin, serving an image in `dir` over TCP on 127.0.0.1;
+/// the kernel's column is its mmap of a local file in `dir`, as elsewhere.
+fn nbd_suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
+    let n = size.pages;
+    let image = dir.join("nbd-export.img");
+    let image_len = Nbd::image_len((n * workloads::PAGE) as u64);
+    workloads::blank_image(&image, image_len);
+    let server = Server::start(Program::nbdkit(), &image, Listen::Tcp);
+    let nbd = Nbd {
+        uri: server.uri(),
+        image: image.clone(),
+        image_len,
+    };
+    const OVER: &str = "mkwrite over NBD (nbdkit, TCP 127.0.0.1)";
+    let mut rows = Vec::new();
+    let mut row = |name, mk: &mut dyn FnMut() -> Run, kernel: &mut dyn FnMut() -> Run| {
+        rows.push(measure(name, fs, size.reps, mk, kernel))
+    };
+    row(
+        format!("1. first write, sequential, {OVER}"),
+        &mut || workloads::first_write_nbd(&nbd, n, false),
+        &mut || workloads::first_write(dir, KERNEL, n, false),
+    );
+    for dirty in [1, 64, n] {
+        row(
+            format!("4. flush of {dirty} dirty pages (per page), {OVER}"),
+            &mut || workloads::flush_nbd(&nbd, n, dirty),
+            &mut || workloads::flush(dir, KERNEL, n, dirty),
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_file(&image);
     rows
 }
 

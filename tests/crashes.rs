@@ -15,13 +15,12 @@ use std::io::{BufRead, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::{BLOCK_SIZES, Mount};
+use fsx::crash::{Acceptable, Campaign};
 use fsx::ops::{CAPACITY, Generator, Op, clip, data};
 use mkwrite::{Mapping, MappingOptions};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
 const CHILD: &str = "MKWRITE_CRASH_CHILD";
 const OPS: usize = 400;
@@ -153,98 +152,12 @@ fn progress(stdout: &[u8]) -> Progress {
     p
 }
 
-/// Which values each byte may hold after the kill, and which lengths the file may have.
-struct Acceptable {
-    values: Vec<[u64; 4]>,
-    lengths: Vec<u64>,
-}
-
-impl Acceptable {
-    fn allow(&mut self, offset: usize, value: u8) {
-        self.values[offset][usize::from(value / 64)] |= 1 << (value % 64);
-    }
-
-    fn allows(&self, offset: usize, value: u8) -> bool {
-        self.values[offset][usize::from(value / 64)] & (1 << (value % 64)) != 0
-    }
-}
-
-/// Replays the workload on a plain buffer: the state at the last completed
-/// flush, then every value and length the ops after it could leave.
-fn acceptable(ops: &[Op], progress: &Progress) -> Acceptable {
-    let mut model: Vec<u8> = Vec::new();
-    let started = progress.started.map_or(0, |s| s + 1).min(ops.len());
-    let flushed = progress.flushed.map_or(0, |f| f + 1).min(started);
-    for &op in &ops[..flushed] {
-        apply(&mut model, op);
-    }
-    let mut ok = Acceptable {
-        values: vec![[0; 4]; CAPACITY as usize],
-        lengths: vec![model.len() as u64],
-    };
-    for (at, &value) in model.iter().enumerate() {
-        ok.allow(at, value);
-    }
-    for at in model.len()..CAPACITY as usize {
-        ok.allow(at, 0);
-    }
-    for &op in &ops[flushed..started] {
-        for at in apply(&mut model, op) {
-            let value = model.get(at).copied().unwrap_or(0);
-            ok.allow(at, value);
-        }
-        ok.lengths.push(model.len() as u64);
-    }
-    ok
-}
-
-/// Applies `op` to the model; returns the byte offsets whose value it may have changed.
-fn apply(model: &mut Vec<u8>, op: Op) -> std::ops::Range<usize> {
-    let eof = model.len() as u64;
-    match op {
-        Op::Write {
-            offset, len, seed, ..
-        } => {
-            let Some((offset, len)) = clip(offset, len, eof) else {
-                return 0..0;
-            };
-            let range = offset as usize..(offset + len) as usize;
-            model[range.clone()].copy_from_slice(&data(seed, offset, len));
-            range
-        }
-        Op::SetLen { len, .. } => {
-            let len = len.min(CAPACITY);
-            model.resize(len as usize, 0);
-            eof.min(len) as usize..eof.max(len) as usize
-        }
-        Op::Punch { offset, len } => {
-            let Some((offset, len)) = clip(offset, len, eof) else {
-                return 0..0;
-            };
-            let range = offset as usize..(offset + len) as usize;
-            model[range.clone()].fill(0);
-            range
-        }
-        _ => 0..0,
-    }
-}
-
 /// Runs children until `kills` of them died by SIGKILL mid-workload; each
 /// one's file is verified, and so is the file of every child that finished.
 fn crash_campaign(seed: u64, kills: u64) {
     let fs = Mount::ext4(128 << 20, 1024);
-    let mut rng = StdRng::seed_from_u64(seed);
-    // The first run goes to the end and times the workload; later children
-    // are killed at a random moment within the shortest time one took.
-    let mut window = Duration::MAX;
-    let (mut killed, mut finished) = (0, 0);
-    let mut started_ops = Vec::new();
-    for run in 0.. {
-        if killed == kills {
-            break;
-        }
-        let block = BLOCK_SIZES[run as usize % BLOCK_SIZES.len()];
-        let run_seed = seed + run;
+    let mut campaign = Campaign::new(kills, seed);
+    while let Some((run, block, run_seed)) = campaign.next_run(&BLOCK_SIZES) {
         let path = fs.path(&format!("crash-{run}"));
         std::fs::File::create(&path).unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap())
@@ -253,51 +166,30 @@ fn crash_campaign(seed: u64, kills: u64) {
             .spawn()
             .unwrap();
         let began = Instant::now();
-        if run > 0 {
-            std::thread::sleep(window.mul_f64(rng.random_range(0.0..1.0)));
+        if let Some(after) = campaign.kill_after(run) {
+            std::thread::sleep(after);
             let _ = child.kill();
         }
         let out = child.wait_with_output().unwrap();
         let progress = progress(&out.stdout);
-        if out.status.signal() == Some(libc::SIGKILL) {
-            killed += 1;
-            started_ops.push(progress.started.map_or(0, |s| s + 1));
-        } else {
+        let killed = out.status.signal() == Some(libc::SIGKILL);
+        if !killed {
             assert!(out.status.success(), "child {run} failed: {out:?}");
-            finished += 1;
-            window = window.min(began.elapsed());
         }
+        campaign.record(killed, progress.started, began.elapsed());
         verify(&path, run_seed, block, &progress);
         std::fs::remove_file(&path).unwrap();
     }
-    started_ops.sort();
-    println!(
-        "{killed} children killed on ext4 (1 KiB blocks), {finished} more finished; \
-         a workload of {OPS} ops takes {window:?}; ops started before the kill: min {}, median {}, max {}",
-        started_ops[0],
-        started_ops[started_ops.len() / 2],
-        started_ops[started_ops.len() - 1]
-    );
+    println!("{}", campaign.summary("children on ext4 (1 KiB blocks)", OPS));
 }
 
 /// The file the child left holds only acceptable bytes at an acceptable
 /// length, and mkwrite reopens it with the same bytes.
 fn verify(path: &Path, seed: u64, block: u64, progress: &Progress) {
-    let ok = acceptable(&workload(seed, block), progress);
+    let ok = Acceptable::after(&workload(seed, block), progress.started, progress.flushed);
     let file = common::read_file(path);
     let context = format!("seed {seed}, block {block}, {progress:?}");
-    assert!(
-        ok.lengths.contains(&(file.len() as u64)),
-        "{context}: length {} is none the file had since the last flush ({:?})",
-        file.len(),
-        ok.lengths
-    );
-    if let Some(at) = (0..file.len()).find(|&at| !ok.allows(at, file[at])) {
-        panic!(
-            "{context}: byte {at} is {:#04x}, a value it never had since the last flush",
-            file[at]
-        );
-    }
+    ok.check(&file, &context);
     let map = MappingOptions::new().block_size(block).open(path).unwrap();
     let mut reread = vec![0; file.len()];
     map.read(0, &mut reread).unwrap();

@@ -5,67 +5,8 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{BLOCK_SIZES, Mount, pattern, read_file};
-use mkwrite::{Error, FileStore, Mapping, MappingOptions, MemStore, QuotaStore, Store};
-
-const CHUNK: usize = 48 * 1024 + 100; // not aligned to pages or blocks
-
-/// Writes the pattern in chunks until the store is full; returns the bytes accepted.
-fn fill_until_full(map: &Mapping, expect: fn(&Error) -> bool) -> u64 {
-    let data = pattern(7, map.len() as usize);
-    let mut offset = 0usize;
-    loop {
-        let end = (offset + CHUNK).min(data.len());
-        assert!(offset < end, "the store never filled up");
-        match map.write(offset as u64, &data[offset..end]) {
-            Ok(()) => offset = end,
-            Err(e) => {
-                assert!(expect(&e.error), "unexpected error: {e}");
-                return (offset + e.done) as u64;
-            }
-        }
-    }
-}
-
-/// After a failure the mapping stays usable, flush succeeds, and the file holds
-/// exactly the accepted bytes followed by zeros.
-fn check_accepted(map: Mapping, accepted: u64, path: Option<&Path>, store_bytes: impl Fn() -> Vec<u8>) {
-    let unit = map.page_size().max(map.block_size());
-    assert_eq!(accepted % unit, 0, "a write fails at a whole page/block boundary");
-    assert!(accepted > 0);
-    // Rewriting what was accepted needs no new blocks, so it still works.
-    map.write(0, &pattern(7, 4096)).unwrap();
-    map.flush().unwrap();
-    let stats = map.stats();
-    assert!(stats.allocation_failures >= 1);
-    map.check_invariants().unwrap();
-    map.close().unwrap();
-    let file = match path {
-        Some(p) => read_file(p),
-        None => store_bytes(),
-    };
-    let expected = pattern(7, file.len());
-    let accepted = accepted as usize;
-    assert_eq!(
-        &file[..accepted],
-        &expected[..accepted],
-        "accepted bytes must all be in the file"
-    );
-    assert!(
-        file[accepted..].iter().all(|&b| b == 0),
-        "nothing past the failure may reach the file"
-    );
-}
-
-fn is_nospace(e: &Error) -> bool {
-    matches!(e, Error::NoSpace(_)) && e.kind() == std::io::ErrorKind::StorageFull
-}
-
-fn is_quota(e: &Error) -> bool {
-    matches!(e, Error::Quota(_)) && e.kind() == std::io::ErrorKind::QuotaExceeded
-}
+use common::{BLOCK_SIZES, Mount, check_accepted, fill_until_full, is_nospace, is_quota, read_file};
+use mkwrite::{FileStore, MappingOptions, MemStore, QuotaStore, Store};
 
 #[test]
 fn tmpfs_fills_up_at_the_fault_for_every_block_size() {
@@ -80,7 +21,9 @@ fn tmpfs_fills_up_at_the_fault_for_every_block_size() {
             accepted <= 1 << 20,
             "block {block}: tmpfs holds at most 1 MiB, accepted {accepted}"
         );
-        check_accepted(map, accepted, Some(&path), Vec::new);
+        check_accepted(map, accepted, &format!("tmpfs, block {block}"), || {
+            read_file(&path)
+        });
     }
 }
 
@@ -94,7 +37,7 @@ fn ext4_1k_fills_up_at_the_fault() {
     let map = MappingOptions::new().capacity(16 << 20).map_store(store).unwrap();
     let accepted = fill_until_full(&map, is_nospace);
     assert!(accepted > 4 << 20 && accepted < 8 << 20, "accepted {accepted}");
-    check_accepted(map, accepted, Some(&path), Vec::new);
+    check_accepted(map, accepted, "ext4 1 KiB", || read_file(&path));
 }
 
 #[test]
@@ -106,7 +49,7 @@ fn ext4_1k_small_blocks_under_a_page() {
     store.set_len(8 << 20).unwrap();
     let map = MappingOptions::new().capacity(8 << 20).map_store(store).unwrap();
     let accepted = fill_until_full(&map, is_nospace);
-    check_accepted(map, accepted, Some(&path), Vec::new);
+    check_accepted(map, accepted, "ext4 1 KiB, block 512", || read_file(&path));
 }
 
 #[test]
@@ -123,7 +66,9 @@ fn quota_is_its_own_error_for_every_block_size() {
             .unwrap();
         let accepted = fill_until_full(&map, is_quota);
         assert_eq!(accepted, limit * block, "block {block}");
-        check_accepted(map, accepted, Some(&path), Vec::new);
+        check_accepted(map, accepted, &format!("quota, block {block}"), || {
+            read_file(&path)
+        });
     }
 }
 
@@ -138,6 +83,8 @@ fn mem_store_fills_up_for_every_block_size() {
             .unwrap();
         let accepted = fill_until_full(&map, is_nospace);
         assert_eq!(accepted, 256 << 10, "block {block}");
-        check_accepted(map, accepted, None, || store.contents());
+        check_accepted(map, accepted, &format!("MemStore, block {block}"), || {
+            store.contents()
+        });
     }
 }

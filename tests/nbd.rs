@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::nbd_server::{Listen, Program, Server, Watchdog, sparse_image};
-use common::{Mount, pattern};
+use common::{Mount, check_accepted, fill_until_full, is_nospace, pattern};
+use fsx::crash::{Acceptable, Campaign};
+use fsx::model;
 use fsx::ops::{CAPACITY, Generator, Op, clip, data};
 use mkwrite::{Error, Mapping, MappingOptions, NbdOptions, NbdStore, Store};
 use rand::rngs::StdRng;
@@ -132,27 +134,6 @@ fn open_nbd_creates_then_reopens() {
     assert_eq!(map.len(), 3000);
 }
 
-/// Writes the pattern in chunks until the store is full; the bytes accepted.
-fn fill_until_full(map: &Mapping) -> u64 {
-    const CHUNK: usize = 48 * 1024 + 100; // aligned to neither pages nor blocks
-    let data = pattern(7, map.len() as usize);
-    let mut offset = 0usize;
-    loop {
-        let end = (offset + CHUNK).min(data.len());
-        assert!(offset < end, "the store never filled up");
-        match map.write(offset as u64, &data[offset..end]) {
-            Ok(()) => offset = end,
-            Err(e) => {
-                assert!(
-                    matches!(e.error, Error::NoSpace(_)) && e.error.kind() == std::io::ErrorKind::StorageFull,
-                    "expected no space, got {e}"
-                );
-                return (offset + e.done) as u64;
-            }
-        }
-    }
-}
-
 #[test]
 fn a_full_server_fails_the_write_at_the_fault() {
     let _dog = Watchdog::new("full server", Duration::from_secs(120));
@@ -164,31 +145,10 @@ fn a_full_server_fails_the_write_at_the_fault() {
             let store = formatted(&server, block);
             store.set_len(4 << 20).unwrap();
             let map = MappingOptions::new().capacity(4 << 20).map_store(store).unwrap();
-            let accepted = fill_until_full(&map);
+            let accepted = fill_until_full(&map, is_nospace);
             let what = format!("{} block {block}: accepted {accepted}", server.name());
             assert!(accepted > 0 && accepted < 1 << 20, "{what}");
-            assert_eq!(
-                accepted % map.page_size().max(block),
-                0,
-                "{what}: fails at a page boundary"
-            );
-            // Rewriting what was accepted needs no new blocks.
-            map.write(0, &pattern(7, 4096)).unwrap();
-            map.flush().unwrap();
-            assert!(map.stats().allocation_failures >= 1);
-            map.check_invariants().unwrap();
-            map.close().unwrap();
-            let file = contents(&server.uri());
-            let expected = pattern(7, file.len());
-            let accepted = accepted as usize;
-            assert!(
-                file[..accepted] == expected[..accepted],
-                "{what}: accepted bytes must all be on the server"
-            );
-            assert!(
-                file[accepted..].iter().all(|&b| b == 0),
-                "{what}: nothing past the failure"
-            );
+            check_accepted(map, accepted, &what, || contents(&server.uri()));
         }
     }
 }
@@ -613,9 +573,7 @@ impl<'a> Differential<'a> {
                 raw,
             } => {
                 self.write(offset, &data(seed, offset, len), raw)?;
-                if let Some((at, n)) = clip(offset, len, eof) {
-                    self.shadow[at as usize..(at + n) as usize].copy_from_slice(&data(seed, at, n));
-                }
+                model::write(&mut self.shadow, offset, len, seed);
             }
             Op::Read { offset, len, raw } => {
                 let mine = if raw {
@@ -646,7 +604,7 @@ impl<'a> Differential<'a> {
                 self.map()
                     .punch_hole(offset, len)
                     .map_err(|e| format!("punch: {e}"))?;
-                self.shadow[offset as usize..(offset + len) as usize].fill(0);
+                model::punch(&mut self.shadow, offset, len);
             }
             Op::Reserve { offset, len } => {
                 self.map()
@@ -906,76 +864,6 @@ fn power_workload(uri: &str, seed: u64, block: u64, progress: &Mutex<Progress>) 
     }
 }
 
-/// Which values each byte may hold after the kill, and which lengths.
-struct Acceptable {
-    values: Vec<[u64; 4]>,
-    lengths: Vec<u64>,
-}
-
-impl Acceptable {
-    fn allow(&mut self, at: usize, value: u8) {
-        self.values[at][usize::from(value / 64)] |= 1 << (value % 64);
-    }
-
-    fn allows(&self, at: usize, value: u8) -> bool {
-        self.values[at][usize::from(value / 64)] & (1 << (value % 64)) != 0
-    }
-}
-
-/// Applies `op` to a plain buffer; returns the bytes it may have changed.
-fn model(file: &mut Vec<u8>, op: Op) -> std::ops::Range<usize> {
-    let eof = file.len() as u64;
-    match op {
-        Op::Write {
-            offset, len, seed, ..
-        } => match clip(offset, len, eof) {
-            Some((at, n)) => {
-                file[at as usize..(at + n) as usize].copy_from_slice(&data(seed, at, n));
-                at as usize..(at + n) as usize
-            }
-            None => 0..0,
-        },
-        Op::SetLen { len, .. } => {
-            let len = len.min(CAPACITY);
-            file.resize(len as usize, 0);
-            eof.min(len) as usize..eof.max(len) as usize
-        }
-        Op::Punch { offset, len } => match clip(offset, len, eof) {
-            Some((at, n)) => {
-                file[at as usize..(at + n) as usize].fill(0);
-                at as usize..(at + n) as usize
-            }
-            None => 0..0,
-        },
-        _ => 0..0,
-    }
-}
-
-/// The state at the last completed flush, then every value and length the
-/// ops after it (up to the one under way) could have left.
-fn acceptable(ops: &[Op], p: &Progress) -> Acceptable {
-    let started = p.started.map_or(0, |s| s + 1).min(ops.len());
-    let flushed = p.flushed.map_or(0, |f| f + 1).min(started);
-    let mut file = Vec::new();
-    for &op in &ops[..flushed] {
-        model(&mut file, op);
-    }
-    let mut ok = Acceptable {
-        values: vec![[0; 4]; CAPACITY as usize],
-        lengths: vec![file.len() as u64],
-    };
-    for at in 0..CAPACITY as usize {
-        ok.allow(at, file.get(at).copied().unwrap_or(0));
-    }
-    for &op in &ops[flushed..started] {
-        for at in model(&mut file, op) {
-            ok.allow(at, file.get(at).copied().unwrap_or(0));
-        }
-        ok.lengths.push(file.len() as u64);
-    }
-    ok
-}
-
 /// Kills a server whose writes are volatile until FLUSH (nbdkit's cache
 /// filter, writeback) at random moments of a writing workload; after each
 /// restart every byte holds its value at the last completed flush or a
@@ -983,16 +871,8 @@ fn acceptable(ops: &[Op], p: &Progress) -> Acceptable {
 fn power_loss(kills: u64, seed: u64) {
     let (_fs, img) = image(256 << 20, 4 * CAPACITY);
     let program = Program::nbdkit_with(&["cache"], &["cache=writeback"]);
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut window = Duration::MAX;
-    let (mut killed, mut finished) = (0, 0);
-    let mut started_ops = Vec::new();
-    for run in 0.. {
-        if killed == kills {
-            break;
-        }
-        let block = BLOCK_SIZES[run as usize % BLOCK_SIZES.len()];
-        let run_seed = seed + run;
+    let mut campaign = Campaign::new(kills, seed);
+    while let Some((run, block, run_seed)) = campaign.next_run(&BLOCK_SIZES) {
         sparse_image(&img, 4 * CAPACITY);
         let mut server = Server::start(program.clone(), &img, Listen::Unix);
         let uri = server.uri();
@@ -1002,12 +882,7 @@ fn power_loss(kills: u64, seed: u64) {
             let (uri, progress) = (uri.clone(), Arc::clone(&progress));
             std::thread::spawn(move || power_workload(&uri, run_seed, block, &progress))
         };
-        // The first run goes to the end and times the workload; later ones
-        // are killed at a random moment within the shortest time one took.
-        let until = match run {
-            0 => None,
-            _ => Some(began + window.mul_f64(rng.random_range(0.0..1.0))),
-        };
+        let until = campaign.kill_after(run).map(|after| began + after);
         while until.is_none_or(|t| Instant::now() < t) && !worker.is_finished() {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -1017,24 +892,11 @@ fn power_loss(kills: u64, seed: u64) {
         }
         worker.join().unwrap();
         let p = *progress.lock().unwrap();
-        if was_killed {
-            killed += 1;
-            started_ops.push(p.started.map_or(0, |s| s + 1));
-        } else {
-            finished += 1;
-            window = window.min(began.elapsed());
-        }
+        campaign.record(was_killed, p.started, began.elapsed());
         server.restart(); // the cache's unflushed blocks are gone
         verify_power_loss(&uri, run_seed, block, &p);
     }
-    started_ops.sort();
-    println!(
-        "{killed} servers killed mid-workload, {finished} workloads finished; {POWER_OPS} ops take {window:?}; \
-         ops started before the kill: min {}, median {}, max {}",
-        started_ops[0],
-        started_ops[started_ops.len() / 2],
-        started_ops[started_ops.len() - 1]
-    );
+    println!("{}", campaign.summary("servers", POWER_OPS));
 }
 
 fn verify_power_loss(uri: &str, seed: u64, block: u64, p: &Progress) {
@@ -1048,21 +910,10 @@ fn verify_power_loss(uri: &str, seed: u64, block: u64, p: &Progress) {
         }
         Err(e) => panic!("{context}: {e}"),
     };
-    let ok = acceptable(&power_ops(seed, block), p);
-    let len = store.len();
-    assert!(
-        ok.lengths.contains(&len),
-        "{context}: length {len} is none the file had since the last flush ({:?})",
-        ok.lengths
-    );
-    let mut file = vec![0u8; len as usize];
+    let ok = Acceptable::after(&power_ops(seed, block), p.started, p.flushed);
+    let mut file = vec![0u8; store.len() as usize];
     store.read_at(0, &mut file).unwrap();
-    if let Some(at) = (0..file.len()).find(|&at| !ok.allows(at, file[at])) {
-        panic!(
-            "{context}: byte {at} is {:#04x}, a value it never had since the last flush",
-            file[at]
-        );
-    }
+    ok.check(&file, &context);
     // And a mapping opens it with the same bytes.
     let map = MappingOptions::new().capacity(CAPACITY).map_store(store).unwrap();
     let mut reread = vec![0; file.len()];
@@ -1159,7 +1010,7 @@ fn live_workload(map: &Mapping, ops: &[Op]) -> (Vec<u8>, u64) {
             Op::FlushRange { offset, len } => retry(&op, &|| map.flush_range(offset, len).is_ok()),
             Op::Evict => retry(&op, &|| map.evict().is_ok()),
         }
-        model(&mut file, op);
+        model::apply(&mut file, op);
     }
     retry(&Op::Flush, &|| map.flush().is_ok());
     (file, tries)

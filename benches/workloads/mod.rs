@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mkwrite::{Mapping, MappingOptions, Stats};
+use mkwrite::{Mapping, MappingOptions, NbdOptions, Stats, Store};
 
 pub const PAGE: usize = 4096;
 
@@ -63,6 +63,28 @@ impl Mapped {
                     kernel: Some((file, map)),
                 }
             }
+        }
+    }
+
+    /// mkwrite over an `NbdStore` on the export at `nbd.uri`, formatted
+    /// afresh with `block`-byte blocks over a blank (sparse) image, as
+    /// [`sparse`] leaves a local file: `capacity` bytes long and mapped.
+    pub fn over_nbd(nbd: &Nbd, block: u64, capacity: u64) -> Mapped {
+        blank_image(&nbd.image, nbd.image_len);
+        let store = NbdOptions::new()
+            .block_size(block)
+            .format(true)
+            .connect(&nbd.uri)
+            .expect("connect to the NBD server");
+        store.set_len(capacity).expect("set_len over NBD");
+        let map = MappingOptions::new()
+            .capacity(capacity)
+            .map_store(store)
+            .expect("map the NBD store");
+        Mapped {
+            path: nbd.image.clone(),
+            mk: Some(map),
+            kernel: None,
         }
     }
 
@@ -137,6 +159,30 @@ fn punch_file(f: &File, offset: u64, len: u64) {
     nix::fcntl::fallocate(f, mode, offset as i64, len as i64).expect("punch");
 }
 
+/// An NBD export served from the image file at `image` (`image_len` bytes):
+/// what the NBD rows run mkwrite over.
+pub struct Nbd {
+    pub uri: String,
+    pub image: PathBuf,
+    pub image_len: u64,
+}
+
+impl Nbd {
+    /// The image length for files of up to `capacity` bytes: the header
+    /// area (one 4 KiB data offset at most for 4 KiB blocks) and room to spare.
+    pub fn image_len(capacity: u64) -> u64 {
+        capacity + (1 << 20)
+    }
+}
+
+/// Empties the server's image in place (the server keeps its open file):
+/// every block a sparse hole again, the length kept.
+pub fn blank_image(path: &Path, len: u64) {
+    let file = open_rw(path);
+    file.set_len(0).expect("truncate the image");
+    file.set_len(len).expect("size the image");
+}
+
 /// A fresh sparse file of `len` bytes.
 pub fn sparse(path: &Path, len: u64) {
     let _ = std::fs::remove_file(path);
@@ -208,12 +254,25 @@ pub fn file_of(dir: &Path, subject: Subject) -> PathBuf {
     }
 }
 
-/// Workload 1: The first write to every page of a sparse file: every write allocates.
-pub fn first_write(dir: &Path, s: Subject, pages: usize, random: bool) -> Run {
+/// The subject's file in `dir`, fresh and sparse, `pages` pages long, mapped.
+fn fresh(dir: &Path, s: Subject, pages: usize) -> Mapped {
     let path = file_of(dir, s);
     let len = (pages * PAGE) as u64;
     sparse(&path, len);
-    let m = Mapped::open(s, &path, len);
+    Mapped::open(s, &path, len)
+}
+
+/// Workload 1: The first write to every page of a sparse file: every write allocates.
+pub fn first_write(dir: &Path, s: Subject, pages: usize, random: bool) -> Run {
+    first_write_on(&fresh(dir, s, pages), pages, random)
+}
+
+/// Workload 1 through mkwrite over the NBD export `nbd`, 4 KiB blocks.
+pub fn first_write_nbd(nbd: &Nbd, pages: usize, random: bool) -> Run {
+    first_write_on(&Mapped::over_nbd(nbd, 4096, (pages * PAGE) as u64), pages, random)
+}
+
+fn first_write_on(m: &Mapped, pages: usize, random: bool) -> Run {
     let order = order(pages, random);
     let started = Instant::now();
     for &p in &order {
@@ -253,10 +312,7 @@ pub fn first_read(dir: &Path, s: Subject, pages: usize, random: bool, cached: bo
 
 /// Workload 3: Every page written and flushed, then one byte written to every page again.
 pub fn redirty(dir: &Path, s: Subject, pages: usize) -> Run {
-    let path = file_of(dir, s);
-    let len = (pages * PAGE) as u64;
-    sparse(&path, len);
-    let m = Mapped::open(s, &path, len);
+    let m = fresh(dir, s, pages);
     for p in 0..pages {
         m.touch(p, 1);
     }
@@ -275,10 +331,15 @@ pub fn redirty(dir: &Path, s: Subject, pages: usize) -> Run {
 
 /// Workload 4: A flush of `dirty` pages spread over a file of `pages` pages.
 pub fn flush(dir: &Path, s: Subject, pages: usize, dirty: usize) -> Run {
-    let path = file_of(dir, s);
-    let len = (pages * PAGE) as u64;
-    sparse(&path, len);
-    let m = Mapped::open(s, &path, len);
+    flush_on(&fresh(dir, s, pages), pages, dirty)
+}
+
+/// Workload 4 through mkwrite over the NBD export `nbd`, 4 KiB blocks.
+pub fn flush_nbd(nbd: &Nbd, pages: usize, dirty: usize) -> Run {
+    flush_on(&Mapped::over_nbd(nbd, 4096, (pages * PAGE) as u64), pages, dirty)
+}
+
+fn flush_on(m: &Mapped, pages: usize, dirty: usize) -> Run {
     for p in 0..pages {
         m.touch(p, 1);
     }
@@ -299,10 +360,7 @@ pub fn flush(dir: &Path, s: Subject, pages: usize, dirty: usize) -> Run {
 
 /// Workload 5: 8-byte stores and loads to pages already writable (memory speed).
 pub fn resident(dir: &Path, s: Subject, pages: usize) -> Run {
-    let path = file_of(dir, s);
-    let len = (pages * PAGE) as u64;
-    sparse(&path, len);
-    let m = Mapped::open(s, &path, len);
+    let m = fresh(dir, s, pages);
     for p in 0..pages {
         m.touch(p, 1);
     }
@@ -331,10 +389,7 @@ pub fn resident(dir: &Path, s: Subject, pages: usize) -> Run {
 
 /// Workload 6: Two threads first-writing disjoint halves at once.
 pub fn two_writers(dir: &Path, s: Subject, pages: usize) -> Run {
-    let path = file_of(dir, s);
-    let len = (pages * PAGE) as u64;
-    sparse(&path, len);
-    let m = Arc::new(Mapped::open(s, &path, len));
+    let m = Arc::new(fresh(dir, s, pages));
     let half = pages / 2;
     let started = Instant::now();
     std::thread::scope(|scope| {

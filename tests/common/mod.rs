@@ -105,6 +105,70 @@ pub fn kib_block_mapping(path: &Path, len: u64) -> mkwrite::Mapping {
     map
 }
 
+/// Writes `pattern(7, ..)` over the file in chunks aligned to neither pages
+/// nor blocks until the store is full; returns the bytes accepted. The
+/// error that stops it must satisfy `expect` (e.g. [`is_nospace`]).
+pub fn fill_until_full(map: &mkwrite::Mapping, expect: fn(&mkwrite::Error) -> bool) -> u64 {
+    const CHUNK: usize = 48 * 1024 + 100;
+    let data = pattern(7, map.len() as usize);
+    let mut offset = 0usize;
+    loop {
+        let end = (offset + CHUNK).min(data.len());
+        assert!(offset < end, "the store never filled up");
+        match map.write(offset as u64, &data[offset..end]) {
+            Ok(()) => offset = end,
+            Err(e) => {
+                assert!(expect(&e.error), "unexpected error: {e}");
+                return (offset + e.done) as u64;
+            }
+        }
+    }
+}
+
+/// After [`fill_until_full`] accepted `accepted` bytes: they end at a page
+/// or block boundary, the mapping stays usable (rewriting them needs no new
+/// blocks), flush and close succeed, and the file, as `file` reads it after
+/// the close, holds exactly the accepted bytes followed by zeros. `what`
+/// names the case in a failure.
+pub fn check_accepted(map: mkwrite::Mapping, accepted: u64, what: &str, file: impl FnOnce() -> Vec<u8>) {
+    let unit = map.page_size().max(map.block_size());
+    assert_eq!(
+        accepted % unit,
+        0,
+        "{what}: a write fails at a whole page/block boundary"
+    );
+    assert!(accepted > 0, "{what}: nothing was accepted");
+    map.write(0, &pattern(7, 4096)).unwrap();
+    map.flush().unwrap();
+    assert!(
+        map.stats().allocation_failures >= 1,
+        "{what}: no allocation failed"
+    );
+    map.check_invariants().unwrap();
+    map.close().unwrap();
+    let file = file();
+    let expected = pattern(7, file.len());
+    let accepted = accepted as usize;
+    assert!(
+        file[..accepted] == expected[..accepted],
+        "{what}: accepted bytes must all be in the file"
+    );
+    assert!(
+        file[accepted..].iter().all(|&b| b == 0),
+        "{what}: nothing past the failure may reach the file"
+    );
+}
+
+/// No space: `Error::NoSpace`, of kind `StorageFull`.
+pub fn is_nospace(e: &mkwrite::Error) -> bool {
+    matches!(e, mkwrite::Error::NoSpace(_)) && e.kind() == std::io::ErrorKind::StorageFull
+}
+
+/// Over quota: `Error::Quota`, of kind `QuotaExceeded`.
+pub fn is_quota(e: &mkwrite::Error) -> bool {
+    matches!(e, mkwrite::Error::Quota(_)) && e.kind() == std::io::ErrorKind::QuotaExceeded
+}
+
 pub fn read_file(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod crash;
+pub mod model;
 pub mod ops;
 pub mod twin;
 

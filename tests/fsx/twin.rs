@@ -11,6 +11,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use mkwrite::{Mapping, MappingOptions};
 use nix::fcntl::{FallocateFlags, fallocate};
 
+use super::model;
 use super::ops::{CAPACITY, Op, clip, data};
 
 /// Where and how a sequence runs.
@@ -207,12 +208,8 @@ impl<'a> Twin<'a> {
                 raw,
             } => {
                 self.write_both(offset, &data(seed, offset, len), raw || self.setup.guarded)?;
-                let end = (offset + len).min(eof);
-                if offset < end {
-                    let inside = &data(seed, offset, end - offset);
-                    self.shadow[offset as usize..end as usize].copy_from_slice(inside);
-                    self.unjudged[offset as usize..end as usize].fill(false);
-                }
+                let written = model::write(&mut self.shadow, offset, len, seed);
+                self.unjudged[written].fill(false);
             }
             Op::Read { offset, len, raw } => {
                 let mine = if self.setup.guarded {
@@ -248,8 +245,8 @@ impl<'a> Twin<'a> {
                 self.mk().punch_hole(offset, len).map_err(failed("punch_hole"))?;
                 let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
                 self.kernel_fallocate(punch, offset, len)?;
-                self.shadow[offset as usize..(offset + len) as usize].fill(0);
-                self.unjudged[offset as usize..(offset + len) as usize].fill(false);
+                let zeroed = model::punch(&mut self.shadow, offset, len);
+                self.unjudged[zeroed].fill(false);
             }
             Op::Reserve { offset, len } => {
                 self.mk()
