@@ -16,6 +16,21 @@ const ALLOCATE_AHEAD_MAX: u64 = 256;
 /// [`Mapping::advise`](crate::Mapping::advise). The destructive advices
 /// (`MADV_DONTNEED`, `MADV_FREE`) have no place here: [`evict`](crate::Mapping::evict)
 /// is their safe form.
+///
+/// ```
+/// use mkwrite::{Advice, MappingOptions, MemStore, Store};
+/// # let store = MemStore::new(4096, 64)?;
+/// # store.set_len(64 * 4096)?;
+/// let map = MappingOptions::new().map_store(store)?;
+/// map.advise(Advice::Sequential, 0, 0)?; // a scan: fill far ahead from the first fault
+/// // SAFETY: inside the file, and no reference to these bytes is alive.
+/// let _ = unsafe { map.as_ptr().read_volatile() };
+/// let stats = map.stats();
+/// assert_eq!(stats.faults_missing_read, 1);
+/// assert!(stats.pages_resident > 1); // the pages after it came with it
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[doc(alias = "madvise")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Advice {

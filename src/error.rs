@@ -10,6 +10,24 @@ use std::path::{Path, PathBuf};
 /// is full" from "the disk is broken"; their [`io::ErrorKind`] is
 /// [`StorageFull`](io::ErrorKind::StorageFull) and
 /// [`QuotaExceeded`](io::ErrorKind::QuotaExceeded).
+///
+/// ```
+/// use mkwrite::{Error, MappingOptions, MemStore, QuotaStore, Store};
+/// use std::io::ErrorKind;
+///
+/// let store = QuotaStore::new(MemStore::new(4096, 16)?, 0)?; // a quota of nothing
+/// store.set_len(4096)?;
+/// let map = MappingOptions::new().capacity(4096).map_store(store)?;
+/// let err = map.write(0, b"row").unwrap_err().error;
+/// match &err {
+///     Error::NoSpace(_) | Error::Quota(_) => {} // full: fail this transaction, go on
+///     other => panic!("the store is broken: {other}"),
+/// }
+/// assert_eq!(err.kind(), ErrorKind::QuotaExceeded);
+/// let io: std::io::Error = err.into(); // for callers that speak io::Error
+/// assert_eq!(io.kind(), ErrorKind::QuotaExceeded);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -186,11 +204,36 @@ impl From<io::Error> for Error {
     }
 }
 
-/// The crate's result type.
+/// The crate's result type: [`Error`] unless another is named.
+///
+/// ```
+/// use mkwrite::{MappingOptions, MemStore, Result};
+///
+/// fn open_scratch() -> Result<mkwrite::Mapping> {
+///     MappingOptions::new().capacity(1 << 20).map_store(MemStore::new(4096, 256)?)
+/// }
+/// assert_eq!(open_scratch()?.capacity(), 1 << 20);
+/// # Ok::<(), mkwrite::Error>(())
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Classifies a store's allocation error: `ENOSPC` and `EDQUOT` get their own variants.
+    /// Classifies a store's allocation error: `ENOSPC` and `EDQUOT` get
+    /// their own variants (as do [`io::ErrorKind::StorageFull`] and
+    /// [`QuotaExceeded`](io::ErrorKind::QuotaExceeded)); anything else is
+    /// kept as it came.
+    ///
+    /// ```
+    /// use mkwrite::Error;
+    /// use std::io;
+    ///
+    /// let err = Error::from_allocation(io::Error::from_raw_os_error(libc::ENOSPC));
+    /// assert!(matches!(err, Error::NoSpace(_)));
+    /// let err = Error::from_allocation(io::ErrorKind::QuotaExceeded.into());
+    /// assert!(matches!(err, Error::Quota(_)));
+    /// let err = Error::from_allocation(io::Error::from_raw_os_error(libc::EIO));
+    /// assert!(matches!(err, Error::Io(_)));
+    /// ```
     pub fn from_allocation(err: io::Error) -> Error {
         match err.raw_os_error() {
             Some(libc::ENOSPC) => Error::NoSpace(err),
@@ -203,7 +246,17 @@ impl Error {
         }
     }
 
-    /// The [`io::ErrorKind`] this error corresponds to.
+    /// The [`io::ErrorKind`] this error corresponds to (also the kind of
+    /// the [`io::Error`] it converts into).
+    ///
+    /// ```
+    /// use mkwrite::{Error, MemStore};
+    /// use std::io::ErrorKind;
+    ///
+    /// let err = MemStore::new(1000, 16).unwrap_err(); // not a power of two
+    /// assert!(matches!(err, Error::InvalidBlockSize(1000)));
+    /// assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    /// ```
     pub fn kind(&self) -> io::ErrorKind {
         match self {
             Error::NoSpace(_) => io::ErrorKind::StorageFull,
@@ -225,7 +278,19 @@ impl Error {
         }
     }
 
-    /// True for the errors that more space (or a raised quota) would cure.
+    /// True for the errors that more space (or a raised quota) would cure:
+    /// [`NoSpace`](Error::NoSpace) and [`Quota`](Error::Quota).
+    ///
+    /// ```
+    /// use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = MemStore::new(4096, 1)?; // room for one page
+    /// # store.set_len(8192)?;
+    /// let map = MappingOptions::new().capacity(8192).map_store(store)?;
+    /// map.write(0, b"a")?;
+    /// let err = map.write(4096, b"b").unwrap_err().error;
+    /// assert!(err.is_full()); // retry after freeing space, not after fixing the disk
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_full(&self) -> bool {
         matches!(self, Error::NoSpace(_) | Error::Quota(_))
     }
@@ -242,6 +307,20 @@ impl From<Error> for io::Error {
 
 /// A write, read or reservation that stopped part-way: how many bytes landed
 /// before `error`, counted from the start of the request.
+///
+/// ```
+/// use mkwrite::{Error, MappingOptions, MemStore, Store};
+///
+/// let store = std::sync::Arc::new(MemStore::new(4096, 1)?); // room for one page
+/// store.set_len(8192)?;
+/// let map = MappingOptions::new().capacity(8192).map_store(store.clone())?;
+/// let err = map.write(4000, &[7; 1000]).unwrap_err();
+/// assert_eq!(err.done, 96); // [4000, 4096) landed; the next page had no room
+/// assert!(matches!(err.error, Error::NoSpace(_)));
+/// map.flush()?; // and what landed reaches the store
+/// assert_eq!(store.contents()[4095], 7);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("{error} (after {done} bytes)")]
 pub struct PartialError {

@@ -5,11 +5,35 @@ use std::ops::Range;
 use crate::error::{Error, Result, out_of_range};
 
 /// Smallest and largest block sizes a store may have.
+///
+/// ```
+/// use mkwrite::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
+/// assert!(check_block_size(MIN_BLOCK_SIZE).is_ok() && check_block_size(MIN_BLOCK_SIZE / 2).is_err());
+/// assert!(check_block_size(MAX_BLOCK_SIZE).is_ok() && check_block_size(MAX_BLOCK_SIZE * 2).is_err());
+/// ```
 pub const MIN_BLOCK_SIZE: u64 = 512;
-/// See [`MIN_BLOCK_SIZE`].
+/// The largest block size a store may have (1 MiB); see [`MIN_BLOCK_SIZE`].
+///
+/// ```
+/// # use mkwrite::{MAX_BLOCK_SIZE, MemStore};
+/// assert!(MemStore::new(MAX_BLOCK_SIZE, 4).is_ok());
+/// assert!(MemStore::new(MAX_BLOCK_SIZE * 2, 4).is_err());
+/// ```
 pub const MAX_BLOCK_SIZE: u64 = 1 << 20;
 
-/// Checks a block size: a power of two from 512 B to 1 MiB.
+/// Checks a block size: a power of two from 512 B to 1 MiB. A [`Store`](crate::Store)
+/// implementation may call it on the size it is given.
+///
+/// ```
+/// use mkwrite::{Error, check_block_size};
+/// assert_eq!(check_block_size(4096)?, 4096);
+/// assert!(matches!(check_block_size(3000), Err(Error::InvalidBlockSize(3000))));
+/// # Ok::<(), Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::InvalidBlockSize`] for any other size.
 pub fn check_block_size(size: u64) -> Result<u64> {
     if size.is_power_of_two() && (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&size) {
         Ok(size)

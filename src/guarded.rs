@@ -42,6 +42,21 @@ use std::io;
 use crate::sys::guard;
 
 /// Why a guarded copy stopped.
+///
+/// ```
+/// # use mkwrite::{MappingOptions, MemStore, Store, guarded};
+/// # let store = MemStore::new(4096, 1)?; // room for one page
+/// # store.set_len(8192)?;
+/// # let map = MappingOptions::new().capacity(16384).map_store(store)?;
+/// guarded::install()?;
+/// // SAFETY: every range lies in the mapping's memory, and no reference to it is alive.
+/// let fill = |offset: usize| unsafe { guarded::fill(map.as_ptr().add(offset), 1, 10) };
+/// fill(0)?; // page 0 takes the only block
+/// let cause = |offset| fill(offset).unwrap_err().cause;
+/// assert_eq!(cause(4096), guarded::FaultCause::NoSpace); // page 1: no room
+/// assert_eq!(cause(8192), guarded::FaultCause::PastEof); // page 2: past EOF
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FaultCause {
@@ -59,6 +74,19 @@ pub enum FaultCause {
 }
 
 /// A guarded copy that stopped at a fault.
+///
+/// ```
+/// # use mkwrite::{MappingOptions, MemStore, Store, guarded};
+/// # let store = MemStore::new(4096, 1)?; // room for one page
+/// # store.set_len(8192)?;
+/// # let map = MappingOptions::new().capacity(16384).map_store(store)?;
+/// guarded::install()?;
+/// // SAFETY: the range lies in the mapping's memory, and no reference to it is alive.
+/// let err = unsafe { guarded::store(map.as_ptr().add(4000), &[7; 200]) }.unwrap_err();
+/// assert_eq!(err.done, 96); // up to the end of page 0; page 1 has no room
+/// assert_eq!(err.to_string(), "access fault after 96 bytes: NoSpace");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AccessFault {
     /// Bytes copied before the fault.
@@ -78,6 +106,17 @@ impl std::error::Error for AccessFault {}
 /// Installs the SIGBUS and SIGSEGV handler that guarded copies need; call
 /// it once before the first (more calls do nothing). Handlers installed
 /// earlier keep receiving the signals that are not a guarded copy's.
+///
+/// ```
+/// mkwrite::guarded::install()?;
+/// mkwrite::guarded::install()?; // again: nothing more happens
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// The kernel's `sigaction` error, which later calls return too.
+#[doc(alias = "sigaction")]
 pub fn install() -> io::Result<()> {
     guard::install()
 }
@@ -106,6 +145,26 @@ fn outcome(len: usize, out: guard::Outcome) -> Result<(), AccessFault> {
 
 /// Stores `src` at `dst` with plain stores; a fault stops it.
 ///
+/// ```
+/// # use mkwrite::{MappingOptions, MemStore, Store, guarded};
+/// # let store = MemStore::new(4096, 1)?; // room for one page
+/// # store.set_len(8192)?;
+/// # let map = MappingOptions::new().capacity(16384).map_store(store)?;
+/// guarded::install()?;
+/// // SAFETY: the range lies in the mapping's memory, and no reference to it is alive.
+/// unsafe { guarded::store(map.as_ptr().add(100), b"row 1") }?;
+/// let mut back = [0; 5];
+/// map.read(100, &mut back)?;
+/// assert_eq!(&back, b"row 1");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// An [`AccessFault`] at the first byte whose fault failed: no room or
+/// quota for its page, a page past EOF, a denied access, a store failure.
+/// The bytes before it landed; none after it did.
+///
 /// # Safety
 ///
 /// * `dst..dst + src.len()` lies in a [`Mapping`](crate::Mapping)'s memory
@@ -119,6 +178,22 @@ pub unsafe fn store(dst: *mut u8, src: &[u8]) -> Result<(), AccessFault> {
 
 /// Stores `len` copies of `byte` at `dst`; a fault stops it.
 ///
+/// ```
+/// # use mkwrite::{MappingOptions, MemStore, Store, guarded};
+/// # let store = MemStore::new(4096, 1)?; // room for one page
+/// # store.set_len(8192)?;
+/// # let map = MappingOptions::new().capacity(16384).map_store(store)?;
+/// guarded::install()?;
+/// // SAFETY: the range lies in the mapping's memory, and no reference to it is alive.
+/// let err = unsafe { guarded::fill(map.as_ptr(), 0xff, 8192) }.unwrap_err();
+/// assert_eq!(err.done, 4096); // page 0 is filled; page 1 has no room
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// As for [`store`].
+///
 /// # Safety
 ///
 /// As for [`store`], for `dst..dst + len`.
@@ -128,6 +203,28 @@ pub unsafe fn fill(dst: *mut u8, byte: u8, len: usize) -> Result<(), AccessFault
 }
 
 /// Loads `dst.len()` bytes from `src` with plain loads; a fault stops it.
+///
+/// ```
+/// # use mkwrite::{MappingOptions, MemStore, Store, guarded};
+/// # let store = MemStore::new(4096, 1)?; // room for one page
+/// # store.set_len(8192)?;
+/// # let map = MappingOptions::new().capacity(16384).map_store(store)?;
+/// guarded::install()?;
+/// map.write(0, b"row 1")?;
+/// let mut row = [0; 5];
+/// // SAFETY: the range lies in the mapping's memory, and no reference to it is alive.
+/// unsafe { guarded::load(map.as_ptr(), &mut row) }?;
+/// assert_eq!(&row, b"row 1");
+/// // SAFETY: as above; the page is past EOF.
+/// let past_eof = unsafe { guarded::load(map.as_ptr().add(8192), &mut row) }.unwrap_err();
+/// assert_eq!(past_eof.cause, guarded::FaultCause::PastEof);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// An [`AccessFault`] at the first byte whose fault failed: a page past
+/// EOF, or a store that failed to read it in.
 ///
 /// # Safety
 ///

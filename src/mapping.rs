@@ -36,6 +36,28 @@ use crate::sys::{self, Doorbell, Region, Uffd, UffdOrigin};
 /// fallible call in the child returns [`Error::Forked`] and touches nothing;
 /// dropping the mapping there does nothing (no flush, no join). The parent
 /// goes on as if the child never existed.
+///
+/// # Errors every call may return
+///
+/// Besides what each method lists: [`Error::Forked`] in a child of the
+/// process that opened the mapping, [`Error::HandlerFailed`] once the fault
+/// handler has failed, and, from every call that would change the file,
+/// [`Error::ReadOnlyMapping`] for a mapping opened
+/// [`read_only`](MappingOptions::read_only).
+///
+/// ```
+/// use mkwrite::Mapping;
+///
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("table.db");
+/// std::fs::write(&path, [0; 8192])?;
+/// let map = Mapping::open(&path)?;
+/// map.write(4096, b"row 1")?; // allocates the page's blocks, then copies
+/// map.close()?;               // flushes, and says if that failed
+/// assert_eq!(&std::fs::read(&path)?[4096..4101], b"row 1");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[doc(alias = "mmap")]
 #[derive(Debug)]
 pub struct Mapping {
     engine: Arc<Engine>,
@@ -54,12 +76,34 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Mapping {
-    /// Maps an existing file with default options.
+    /// Maps an existing file with default options ([`MappingOptions::new`]).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("table.db");
+    /// std::fs::write(&path, b"hello")?;
+    /// let map = mkwrite::Mapping::open(&path)?;
+    /// assert_eq!(map.len(), 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`MappingOptions::open`]: [`Error::Open`] if the file does not
+    /// exist, [`Error::ReadOnly`] if it may not be written, and those of
+    /// mapping it.
     pub fn open(path: impl AsRef<Path>) -> Result<Mapping> {
         MappingOptions::new().open(path)
     }
 
-    /// Options for opening a mapping.
+    /// Options for opening a mapping: the same as [`MappingOptions::new`].
+    ///
+    /// ```
+    /// # use mkwrite::{Mapping, MemStore};
+    /// let map = Mapping::options().capacity(1 << 20).map_store(MemStore::new(4096, 16)?)?;
+    /// assert_eq!(map.capacity(), 1 << 20);
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
     pub fn options() -> MappingOptions {
         MappingOptions::new()
     }
@@ -114,31 +158,89 @@ impl Mapping {
     }
 
     /// The file's length (EOF).
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore};
+    /// let map = MappingOptions::new().capacity(1 << 20).map_store(MemStore::new(4096, 16)?)?;
+    /// assert_eq!(map.len(), 0); // a new store is empty
+    /// map.set_len(10_000)?;
+    /// assert_eq!(map.len(), 10_000);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn len(&self) -> u64 {
         self.engine.eof.load(Ordering::Acquire)
     }
 
     /// True when the file is empty.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore};
+    /// let map = MappingOptions::new().capacity(8192).map_store(MemStore::new(4096, 2)?)?;
+    /// assert!(map.is_empty());
+    /// map.set_len(1)?;
+    /// assert!(!map.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Bytes reserved: how far the file may grow.
+    /// Bytes reserved: how far the file may grow (the
+    /// [`capacity`](MappingOptions::capacity) asked for, rounded up to whole
+    /// pages and blocks).
+    ///
+    /// ```
+    /// # use mkwrite::{Error, MappingOptions, MemStore};
+    /// let map = MappingOptions::new().capacity(10_000).map_store(MemStore::new(4096, 4)?)?;
+    /// assert_eq!(map.capacity(), 12_288); // three 4 KiB pages
+    /// let err = map.set_len(map.capacity() + 1).unwrap_err();
+    /// assert!(matches!(err, Error::BeyondCapacity { .. }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn capacity(&self) -> u64 {
         self.engine.geo.capacity
     }
 
-    /// The store's block size.
+    /// The store's block size: the unit in which the first write to a page
+    /// allocates.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// let store = std::sync::Arc::new(MemStore::new(1024, 16)?);
+    /// store.set_len(4096)?;
+    /// let map = MappingOptions::new().capacity(4096).map_store(store.clone())?;
+    /// assert_eq!(map.block_size(), 1024);
+    /// map.write(0, b"x")?;
+    /// assert_eq!(store.held_blocks(), 4); // the whole page's blocks, not one
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn block_size(&self) -> u64 {
         self.engine.geo.block
     }
 
-    /// The page size faults are resolved in.
+    /// The page size faults are resolved in (the system's).
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore};
+    /// let map = MappingOptions::new().capacity(1).map_store(MemStore::new(512, 16)?)?;
+    /// assert_eq!(map.capacity(), map.page_size()); // one page at least
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn page_size(&self) -> u64 {
         self.engine.geo.page
     }
 
-    /// Whether the mapping was opened read-only.
+    /// Whether the mapping was opened
+    /// [read-only](MappingOptions::read_only).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("table.db");
+    /// std::fs::write(&path, b"hello")?;
+    /// let map = mkwrite::MappingOptions::new().read_only(true).open(&path)?;
+    /// assert!(map.is_read_only());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_read_only(&self) -> bool {
         self.engine.read_only
     }
@@ -147,6 +249,18 @@ impl Mapping {
     /// With [`UffdOrigin::UserModeOnly`], a system call that touches a page
     /// not in memory (`read(2)` into the mapping) fails with `EFAULT`: make
     /// the range resident first with [`populate`](Self::populate).
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store, UffdOrigin};
+    /// # let store = MemStore::new(4096, 16)?;
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(8192).map_store(store)?;
+    /// if map.userfaultfd_origin() == UffdOrigin::UserModeOnly {
+    ///     map.populate(0, 8192, false)?; // before read(2) or write(2) touch it
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "userfaultfd")]
     pub fn userfaultfd_origin(&self) -> UffdOrigin {
         self.engine.uffd.origin()
     }
@@ -158,16 +272,49 @@ impl Mapping {
     /// the mapping's [`OnFull`](crate::OnFull) policy (SIGBUS by default); a
     /// touch of a page wholly past EOF gets SIGBUS. The caller keeps Rust's
     /// aliasing rules for any reference it makes from this pointer.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// let p = map.as_ptr();
+    /// // SAFETY: inside the file, and no reference to these bytes is alive.
+    /// unsafe { p.add(4096).write(42) }; // faults and allocates first
+    /// assert_eq!(map.stats().faults_missing_write, 1);
+    /// assert_eq!(store.held_blocks(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn as_ptr(&self) -> *mut u8 {
         self.engine.region.as_ptr()
     }
 
     /// The memory as a `Send + Sync` value, for handing to other threads.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore};
+    /// let map = MappingOptions::new().capacity(8192).map_store(MemStore::new(4096, 2)?)?;
+    /// let memory = map.raw();
+    /// assert_eq!((memory.as_ptr(), memory.len()), (map.as_ptr(), 8192));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn raw(&self) -> RawMemory {
         RawMemory::new(self.as_ptr(), self.engine.region.len())
     }
 
     /// The file's bytes `[0, len)`. A page the store cannot serve raises SIGBUS.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = MemStore::new(4096, 16)?;
+    /// # store.set_len(8192)?;
+    /// let mut map = MappingOptions::new().capacity(16384).map_store(store)?;
+    /// map.write(0, b"hello")?;
+    /// let bytes = map.as_slice();
+    /// assert_eq!(bytes.len(), 8192); // up to EOF, not the capacity
+    /// assert_eq!(&bytes[..5], b"hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Panics
     ///
@@ -184,6 +331,17 @@ impl Mapping {
 
     /// The file's bytes `[0, len)`, writable. Each first write to a clean page
     /// allocates its blocks; a full store follows the [`OnFull`](crate::OnFull) policy.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// let mut map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.as_mut_slice()[4096..4101].copy_from_slice(b"hello"); // faults and allocates
+    /// map.flush()?;
+    /// assert_eq!(&store.contents()[4096..4101], b"hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Panics
     ///
@@ -202,12 +360,53 @@ impl Mapping {
     /// landed, instead of raising SIGBUS. Bytes past EOF inside the last page
     /// are accepted and never reach the store, as with mmap; a page wholly
     /// past EOF is [`Error::OutOfRange`].
+    ///
+    /// ```
+    /// use mkwrite::{Error, MappingOptions, MemStore, QuotaStore, Store};
+    ///
+    /// let store = QuotaStore::new(MemStore::new(4096, 16)?, 1)?; // a quota of one block
+    /// store.set_len(3 * 4096)?;
+    /// let map = MappingOptions::new().capacity(3 * 4096).map_store(store)?;
+    /// map.write(0, b"fits")?;
+    /// let err = map.write(4000, &[7; 200]).unwrap_err(); // runs into the second page
+    /// assert!(matches!(err.error, Error::Quota(_)));
+    /// assert_eq!(err.done, 96); // the first page's part landed
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// With `done` counting the bytes that landed: [`Error::NoSpace`] or
+    /// [`Error::Quota`] when a page's blocks cannot be allocated;
+    /// [`Error::OutOfRange`] at a page wholly past EOF or past the capacity;
+    /// the store's other failures (reading a page in, allocating) as
+    /// [`Error::Io`] or [`Error::LengthChanged`].
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), PartialError> {
         self.usable_for_writing().map_err(PartialError::none)?;
         self.engine.write(offset, data)
     }
 
-    /// Reads the mapping's bytes at `offset` into `buf`.
+    /// Reads the mapping's bytes at `offset` into `buf`. Bytes past EOF
+    /// inside the last page read as zeros, as with mmap.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.write(0, b"hello")?;
+    /// let mut buf = [0; 5];
+    /// map.read(0, &mut buf)?;
+    /// assert_eq!(&buf, b"hello");
+    /// assert!(map.read(8192, &mut buf).is_err()); // a page wholly past EOF
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// With `done` counting the bytes read: [`Error::OutOfRange`] at a page
+    /// wholly past EOF or past the capacity; the store's read failures as
+    /// [`Error::Io`] or [`Error::LengthChanged`].
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), PartialError> {
         self.usable().map_err(PartialError::none)?;
         self.engine.read(offset, buf)
@@ -219,6 +418,29 @@ impl Mapping {
     /// rather than a signal later). Use it before handing a range to a system
     /// call when the userfaultfd is user-mode only, or to warm a range. The
     /// range must lie within EOF; on failure `done` counts the bytes made ready.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.populate(0, 8192, true)?; // both pages writable now
+    /// assert_eq!(store.held_blocks(), 2);
+    /// // SAFETY: inside the file, and no reference to these bytes is alive.
+    /// unsafe { map.as_ptr().add(4096).write(1) };
+    /// let stats = map.stats();
+    /// assert_eq!(stats.faults_write_protect + stats.faults_missing_write, 0); // no fault
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// With `done` counting the bytes made ready: [`Error::NoSpace`] or
+    /// [`Error::Quota`] (when `writing`); [`Error::OutOfRange`] at a page
+    /// wholly past EOF; the store's failures as [`Error::Io`] or
+    /// [`Error::LengthChanged`].
+    #[doc(alias = "MADV_POPULATE_WRITE")]
+    #[doc(alias = "MADV_POPULATE_READ")]
     pub fn populate(&self, offset: u64, len: u64, writing: bool) -> Result<(), PartialError> {
         if writing {
             self.usable_for_writing().map_err(PartialError::none)?;
@@ -237,16 +459,49 @@ impl Mapping {
     /// below EOF would fault as a write, allocate its blocks and be flushed).
     /// Pages past EOF are locked as they come to exist.
     ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.lock(0, 8192)?;
+    /// assert_eq!(store.held_blocks(), 0); // locked, and nothing allocated
+    /// map.evict()?;
+    /// assert_eq!(map.stats().pages_resident, 2); // eviction leaves locked pages
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// The kernel's `mlock2` errors (`ENOMEM` past `RLIMIT_MEMLOCK`), and
-    /// those of reading the store.
+    /// [`Error::OutOfRange`] past the capacity; the kernel's `mlock2` errors
+    /// as [`Error::Io`] (`ENOMEM` past `RLIMIT_MEMLOCK`); those of reading
+    /// the store.
+    #[doc(alias = "mlock")]
+    #[doc(alias = "mlock2")]
     pub fn lock(&self, offset: u64, len: u64) -> Result<()> {
         self.usable()?;
         self.engine.lock(offset, len)
     }
 
     /// Undoes [`lock`](Self::lock) for `[offset, offset + len)`.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.lock(0, 8192)?;
+    /// map.unlock(0, 8192)?;
+    /// map.evict()?;
+    /// assert_eq!(map.stats().pages_resident, 0); // evictable again
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfRange`] past the capacity; the kernel's `munlock`
+    /// errors as [`Error::Io`].
+    #[doc(alias = "munlock")]
     pub fn unlock(&self, offset: u64, len: u64) -> Result<()> {
         self.usable()?;
         self.engine.unlock(offset, len)
@@ -256,6 +511,24 @@ impl Mapping {
     /// like `fallocate`. The range must lie within EOF (call
     /// [`set_len`](Self::set_len) first). On failure, `done` counts the bytes
     /// from `offset` that are reserved.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.reserve(0, 8192)?; // a transaction's pages, before writing them
+    /// assert_eq!(store.held_blocks(), 2);
+    /// assert!(map.reserve(8192, 1).is_err()); // past EOF
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// With `done` counting the bytes reserved: [`Error::NoSpace`] or
+    /// [`Error::Quota`]; [`Error::OutOfRange`] for a range reaching past
+    /// EOF; the store's other failures as [`Error::Io`].
+    #[doc(alias = "fallocate")]
     pub fn reserve(&self, offset: u64, len: u64) -> Result<(), PartialError> {
         self.usable_for_writing().map_err(PartialError::none)?;
         self.engine
@@ -270,16 +543,56 @@ impl Mapping {
     /// write-protects that page again; shrinking drops the pages past the new
     /// EOF, zeroes the tail of the new last page and frees the blocks.
     ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.write(0, &[1; 8192])?;
+    /// map.set_len(100)?; // frees the blocks past it
+    /// assert_eq!(store.held_blocks(), 1);
+    /// map.set_len(8192)?;
+    /// let mut buf = [9; 8];
+    /// map.read(100, &mut buf)?;
+    /// assert_eq!(buf, [0; 8]); // what was cut off reads as zeros
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// [`Error::BeyondCapacity`] past the capacity given at open.
+    /// [`Error::BeyondCapacity`] past the capacity given at open (see
+    /// [`grow_capacity`](Self::grow_capacity)); the store's failures to
+    /// change its length as [`Error::Io`].
+    #[doc(alias = "ftruncate")]
+    #[doc(alias = "truncate")]
     pub fn set_len(&self, len: u64) -> Result<()> {
         self.usable_for_writing()?;
         self.engine.set_len(len)
     }
 
     /// Zeroes `[offset, offset + len)` (clipped to EOF) and frees the blocks
-    /// wholly inside it.
+    /// wholly inside it. Faults waiting for space
+    /// ([`OnFull::Wait`](crate::OnFull::Wait)) retry.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.write(0, &[1; 8192])?;
+    /// map.punch_hole(4096, 4096)?;
+    /// assert_eq!(store.held_blocks(), 1);
+    /// let mut buf = [9; 4];
+    /// map.read(4096, &mut buf)?;
+    /// assert_eq!(buf, [0; 4]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfRange`] past the capacity; the store's failures to
+    /// free blocks or read a page as [`Error::Io`].
+    #[doc(alias = "FALLOC_FL_PUNCH_HOLE")]
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
         self.usable_for_writing()?;
         self.engine.punch_hole(offset, len)
@@ -289,11 +602,27 @@ impl Mapping {
     /// it returns `Ok`, every byte written before it began is durable. On
     /// error the data stays dirty and the next flush writes it.
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("table.db");
+    /// let map = mkwrite::MappingOptions::new().create(true).open(&path)?;
+    /// map.set_len(4096)?;
+    /// map.write(0, b"durable")?;
+    /// map.flush()?; // written, fdatasync'd, and the new file's directory synced
+    /// assert_eq!(&std::fs::read(&path)?[..7], b"durable");
+    /// assert_eq!(map.stats().pages_dirty, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// The store's write and sync errors; [`Error::Discarded`] (once, after
-    /// everything else was written and synced) if dirty pages were dropped
-    /// from memory behind the mapping's back by `madvise`.
+    /// The store's write and sync errors as [`Error::Io`];
+    /// [`Error::LengthChanged`] if another process resized the file;
+    /// [`Error::Discarded`] (once, after everything else was written and
+    /// synced) if dirty pages were dropped from memory behind the mapping's
+    /// back by `madvise`.
+    #[doc(alias = "msync")]
+    #[doc(alias = "fdatasync")]
     pub fn flush(&self) -> Result<()> {
         self.usable()?;
         self.wait_async_flushes();
@@ -320,6 +649,11 @@ impl Mapping {
     /// assert_eq!(&store.contents()[4096..4100], b"late");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the flushing thread cannot be started.
+    #[doc(alias = "MS_ASYNC")]
     pub fn flush_async(&self) -> Result<()> {
         self.usable()?;
         let engine = Arc::clone(&self.engine);
@@ -362,6 +696,13 @@ impl Mapping {
     /// assert_eq!(map.stats().pages_resident, 16);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// For [`Advice::WillNeed`], those of [`read`](Self::read):
+    /// [`Error::OutOfRange`] at a page wholly past EOF, the store's read
+    /// failures. The other advices cannot fail.
+    #[doc(alias = "madvise")]
     pub fn advise(&self, advice: Advice, offset: u64, len: u64) -> Result<()> {
         self.usable()?;
         match advice {
@@ -381,6 +722,23 @@ impl Mapping {
     }
 
     /// [`flush`](Self::flush) for the pages overlapping `[offset, offset + len)`.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.write(0, &[1; 8192])?;
+    /// map.flush_range(0, 10)?; // the first page only
+    /// assert_eq!(map.stats().pages_dirty, 1);
+    /// assert_eq!(store.contents()[4096], 0); // the second is not in the store yet
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfRange`] past the capacity; otherwise as
+    /// [`flush`](Self::flush).
     pub fn flush_range(&self, offset: u64, len: u64) -> Result<()> {
         self.usable()?;
         let geo = &self.engine.geo;
@@ -392,6 +750,25 @@ impl Mapping {
     /// refill from the store when touched. This is the safe way to give
     /// memory back: `madvise(MADV_DONTNEED)` on the mapping would drop dirty
     /// pages too (reported by the next flush as [`Error::Discarded`]).
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.write(0, &[1; 8192])?;
+    /// map.flush()?; // clean now
+    /// map.evict()?;
+    /// assert_eq!(map.stats().pages_resident, 0);
+    /// let mut byte = [0];
+    /// map.read(0, &mut byte)?; // refilled from the store
+    /// assert_eq!(byte, [1]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The kernel's failure to drop the memory (`madvise`) as [`Error::Io`].
     pub fn evict(&self) -> Result<()> {
         self.usable()?;
         self.engine.evict()
@@ -399,7 +776,31 @@ impl Mapping {
 
     /// Tells the mapping that the store has room again: faults waiting for
     /// space (policy [`OnFull::Wait`](crate::OnFull::Wait)) retry. Does
-    /// nothing in a forked child.
+    /// nothing in a forked child. Space freed through this mapping
+    /// ([`punch_hole`](Self::punch_hole), a shrinking
+    /// [`set_len`](Self::set_len)) wakes them by itself; call this when it
+    /// was freed elsewhere: another file deleted, a quota raised.
+    ///
+    /// ```
+    /// use mkwrite::{MappingOptions, MemStore, OnFull, QuotaStore, Store};
+    /// use std::sync::Arc;
+    ///
+    /// let store = Arc::new(QuotaStore::new(MemStore::new(4096, 16)?, 0)?); // no room yet
+    /// store.set_len(4096)?;
+    /// let map = MappingOptions::new().on_full(OnFull::Wait).map_store(store.clone())?;
+    /// let memory = map.raw();
+    /// std::thread::scope(|s| {
+    ///     // SAFETY: inside the file; the mapping outlives the scope.
+    ///     s.spawn(move || unsafe { memory.as_ptr().write(1) }); // blocks in the fault
+    ///     while map.stats().faults_parked == 0 {
+    ///         std::thread::yield_now();
+    ///     }
+    ///     store.set_limit(1); // the operator raised the quota
+    ///     map.notify_space_freed(); // the writer retries, and its store lands
+    /// });
+    /// assert_eq!(store.held_blocks(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn notify_space_freed(&self) {
         if self.engine.check_owner().is_ok() {
             // Lifting a fence only fails if mprotect does; the doorbell still rings.
@@ -410,6 +811,20 @@ impl Mapping {
     /// Counters and flag totals. In a forked child only the counters and the
     /// length are filled in (the flags may be locked by a parent thread that
     /// does not exist there).
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.write(0, b"checked")?; // made ready by the call: no fault
+    /// // SAFETY: inside the file, and no reference to these bytes is alive.
+    /// unsafe { map.as_ptr().add(4096).write(1) }; // a plain store: one fault
+    /// let stats = map.stats();
+    /// assert_eq!((stats.pages_prepared, stats.faults_missing_write), (1, 1));
+    /// assert_eq!((stats.pages_dirty, stats.blocks_allocated), (2, 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
         if self.engine.check_owner().is_ok() {
@@ -426,6 +841,20 @@ impl Mapping {
 
     /// Why the most recent access was failed (SIGBUS, `EFAULT`), for a log.
     /// It takes a lock and allocates: do not call it from a signal handler.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store, guarded};
+    /// # let store = MemStore::new(4096, 0)?; // no room at all
+    /// # store.set_len(4096)?;
+    /// # let map = MappingOptions::new().capacity(4096).map_store(store)?;
+    /// guarded::install()?;
+    /// // SAFETY: inside the file, and no reference to these bytes is alive.
+    /// let failed = unsafe { guarded::fill(map.as_ptr(), 1, 10) };
+    /// assert!(failed.is_err());
+    /// let why = map.last_fault_error().unwrap();
+    /// assert!(why.contains("no space"), "{why}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn last_fault_error(&self) -> Option<String> {
         self.engine.check_owner().ok()?;
         self.engine.last_fault_error()
@@ -492,6 +921,8 @@ impl Mapping {
     ///
     /// [`Error::CapacityUnavailable`] if the address space has no room;
     /// the mapping is then unchanged.
+    #[doc(alias = "mremap")]
+    #[doc(alias = "remap")]
     pub fn grow_capacity(&mut self, capacity: u64) -> Result<()> {
         self.usable()?;
         if capacity <= self.capacity() {
@@ -514,6 +945,22 @@ impl Mapping {
 
     /// Flushes, then tears down; returns the flush's (or the handler's) error.
     /// In a forked child it does nothing and returns [`Error::Forked`].
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(8192)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.write(0, b"last words")?;
+    /// map.close()?; // unlike a drop, a failed last flush is seen
+    /// assert_eq!(&store.contents()[..10], b"last words");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Those of [`flush`](Self::flush); [`Error::HandlerFailed`] if the
+    /// handler failed or its thread panicked; [`Error::Forked`] in a child.
     pub fn close(mut self) -> Result<()> {
         self.engine.check_owner()?;
         self.teardown()

@@ -10,6 +10,26 @@ use crate::store::{FileStore, Store, Window};
 
 /// A write fault that could not allocate its blocks, as shown to an
 /// [`OnFull::callback`].
+///
+/// ```
+/// use mkwrite::{FullAction, MappingOptions, MemStore, OnFull, Store, guarded};
+/// use std::sync::{Arc, Mutex};
+///
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let log = seen.clone();
+/// let policy = OnFull::callback(move |fault| {
+///     log.lock().unwrap().push((fault.offset, fault.error.is_full()));
+///     FullAction::Sigbus
+/// });
+/// # let store = MemStore::new(4096, 1)?; // room for one page
+/// # store.set_len(8192)?;
+/// let map = MappingOptions::new().capacity(8192).on_full(policy).map_store(store)?;
+/// guarded::install()?;
+/// // SAFETY: inside the file, and no reference to these bytes is alive.
+/// unsafe { guarded::fill(map.as_ptr(), 1, 8192) }.unwrap_err(); // the second page is full
+/// assert_eq!(seen.lock().unwrap()[..], [(4096, true)]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct FullFault<'a> {
@@ -21,7 +41,25 @@ pub struct FullFault<'a> {
     pub error: &'a Error,
 }
 
-/// What to do with a write fault the store has no room for.
+/// What to do with a write fault the store has no room for: an
+/// [`OnFull::callback`]'s answer.
+///
+/// ```
+/// use mkwrite::{Error, FullAction, MappingOptions, MemStore, OnFull, Store, guarded};
+///
+/// let policy = OnFull::callback(|fault| match fault.error {
+///     Error::Quota(_) => FullAction::Wait, // an operator may raise the quota
+///     _ => FullAction::Sigbus,             // the disk is full: fail the write
+/// });
+/// # let store = MemStore::new(4096, 0)?; // a full disk
+/// # store.set_len(4096)?;
+/// let map = MappingOptions::new().capacity(4096).on_full(policy).map_store(store)?;
+/// guarded::install()?;
+/// // SAFETY: inside the file, and no reference to these bytes is alive.
+/// let err = unsafe { guarded::fill(map.as_ptr(), 1, 10) }.unwrap_err();
+/// assert_eq!(err.cause, guarded::FaultCause::NoSpace);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FullAction {
     /// Send SIGBUS to the faulting thread, as the kernel does.
@@ -37,7 +75,17 @@ type Callback = dyn Fn(&FullFault<'_>) -> FullAction + Send + Sync;
 
 /// The mapping's policy for write faults that find the store full
 /// (DESIGN rule 3). Checked calls ([`Mapping::write`], [`Mapping::reserve`])
-/// never use it: they return the error.
+/// never use it: they return the error. Each variant has an example of
+/// its own.
+///
+/// ```
+/// use mkwrite::{MappingOptions, MemStore, OnFull};
+/// let cleaner_running = true; // something that frees space, or not
+/// let policy = if cleaner_running { OnFull::Wait } else { OnFull::default() };
+/// let map = MappingOptions::new().on_full(policy).map_store(MemStore::new(4096, 16)?)?;
+/// assert!(matches!(OnFull::default(), OnFull::Sigbus)); // as the kernel's mmap
+/// # Ok::<(), mkwrite::Error>(())
+/// ```
 #[derive(Clone, Default)]
 pub enum OnFull {
     /// SIGBUS to the faulting thread (the default, as the kernel does). It
@@ -45,17 +93,96 @@ pub enum OnFull {
     /// and `ENOSPC` or `EDQUOT` in `si_errno`. A system call that faulted
     /// gets `EFAULT` instead. [`guarded`](crate::guarded) turns the signal
     /// into an error for one copy.
+    ///
+    /// ```
+    /// use mkwrite::{MappingOptions, MemStore, OnFull, Store, guarded};
+    ///
+    /// # let store = MemStore::new(4096, 1)?; // room for one page
+    /// # store.set_len(8192)?;
+    /// let map = MappingOptions::new().capacity(8192).on_full(OnFull::Sigbus).map_store(store)?;
+    /// guarded::install()?; // SIGBUS becomes an error for a guarded copy
+    /// // SAFETY: inside the file, and no reference to these bytes is alive.
+    /// let err = unsafe { guarded::fill(map.as_ptr(), 1, 8192) }.unwrap_err();
+    /// assert_eq!((err.cause, err.done), (guarded::FaultCause::NoSpace, 4096));
+    /// assert_eq!(map.stats().sigbus_sent, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[default]
     Sigbus,
-    /// Block the faulting thread until space is freed.
+    /// Block the faulting thread until space is freed: by
+    /// [`Mapping::notify_space_freed`], or by a hole punch or shrink on the
+    /// mapping. A full store then stalls writers instead of failing them.
+    ///
+    /// ```
+    /// use mkwrite::{MappingOptions, MemStore, OnFull, Store};
+    ///
+    /// let disk = std::sync::Arc::new(MemStore::new(4096, 1)?); // room for one block
+    /// disk.set_len(8192)?;
+    /// let log = MappingOptions::new().len(4096).map_store(disk.clone())?;
+    /// let table = MappingOptions::new().offset(4096).on_full(OnFull::Wait).map_store(disk.clone())?;
+    /// log.write(0, b"old log")?; // takes the only block
+    /// let memory = table.raw();
+    /// std::thread::scope(|s| {
+    ///     // SAFETY: inside the file; the mapping outlives the scope.
+    ///     s.spawn(move || unsafe { memory.as_ptr().write(1) }); // waits for space
+    ///     while table.stats().faults_parked == 0 {
+    ///         std::thread::yield_now();
+    ///     }
+    ///     log.punch_hole(0, 4096).unwrap(); // the log was checkpointed: its block is free
+    ///     table.notify_space_freed(); // the table's writer retries, and its store lands
+    /// });
+    /// let mut byte = [0];
+    /// table.read(0, &mut byte)?;
+    /// assert_eq!(byte, [1]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     Wait,
     /// Ask a function, called on the handler thread. It must not touch the
-    /// mapping's memory or call its methods.
+    /// mapping's memory or call its methods. Made by [`OnFull::callback`].
+    ///
+    /// ```
+    /// use mkwrite::{FullAction, MappingOptions, MemStore, OnFull, QuotaStore, Store};
+    /// use std::sync::Arc;
+    ///
+    /// let store = Arc::new(QuotaStore::new(MemStore::new(4096, 16)?, 1)?); // one block's quota
+    /// store.set_len(8192)?;
+    /// let quota = store.clone();
+    /// let policy = OnFull::callback(move |_fault| {
+    ///     quota.set_limit(16); // free space on demand, then try again
+    ///     FullAction::Retry
+    /// });
+    /// let mut map = MappingOptions::new().on_full(policy).map_store(store.clone())?;
+    /// map.as_mut_slice().fill(1); // the second page's fault asks the callback
+    /// assert_eq!(store.held_blocks(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     Callback(Arc<Callback>),
 }
 
 impl OnFull {
     /// A policy that asks `f` for each full fault.
+    ///
+    /// ```
+    /// use mkwrite::{FullAction, MappingOptions, MemStore, OnFull, Store, guarded};
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    ///
+    /// let calls = Arc::new(AtomicUsize::new(0));
+    /// let counter = calls.clone();
+    /// let policy = OnFull::callback(move |_fault| {
+    ///     counter.fetch_add(1, Ordering::Relaxed); // e.g. log it, alert someone
+    ///     FullAction::Sigbus
+    /// });
+    /// # let store = MemStore::new(4096, 0)?; // no room at all
+    /// # store.set_len(4096)?;
+    /// let map = MappingOptions::new().capacity(4096).on_full(policy).map_store(store)?;
+    /// guarded::install()?;
+    /// // SAFETY: inside the file, and no reference to these bytes is alive.
+    /// assert!(unsafe { guarded::fill(map.as_ptr(), 1, 10) }.is_err());
+    /// assert!(map.write(0, b"checked").is_err()); // checked calls never ask it
+    /// assert_eq!(calls.load(Ordering::Relaxed), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn callback(f: impl Fn(&FullFault<'_>) -> FullAction + Send + Sync + 'static) -> OnFull {
         OnFull::Callback(Arc::new(f))
     }
@@ -80,19 +207,30 @@ impl fmt::Debug for OnFull {
 }
 
 /// Default capacity when none is given: room to grow without remapping.
+/// A file longer than it gets its own length.
+///
+/// ```
+/// use mkwrite::{DEFAULT_CAPACITY, MappingOptions, MemStore};
+/// let map = MappingOptions::new().map_store(MemStore::new(4096, 16)?)?;
+/// assert_eq!(map.capacity(), DEFAULT_CAPACITY); // address space only: no memory is used
+/// # Ok::<(), mkwrite::Error>(())
+/// ```
 pub const DEFAULT_CAPACITY: u64 = 1 << 30;
 
 /// Options for opening a [`Mapping`], in the spirit of `memmap2::MmapOptions`.
 ///
-/// ```no_run
+/// ```
 /// use mkwrite::{MappingOptions, OnFull};
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("data.db");
 /// let map = MappingOptions::new()
 ///     .capacity(64 << 20)
 ///     .block_size(1024)
 ///     .on_full(OnFull::Wait)
 ///     .create(true)
-///     .open("data.db")?;
-/// # Ok::<(), mkwrite::Error>(())
+///     .open(&path)?;
+/// assert_eq!((map.len(), map.block_size()), (0, 1024));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct MappingOptions {
@@ -124,36 +262,97 @@ impl Default for MappingOptions {
 
 impl MappingOptions {
     /// Default options: capacity `max(len, 1 GiB)`, the filesystem's block size, SIGBUS when full.
+    ///
+    /// ```
+    /// use mkwrite::{MappingOptions, MemStore};
+    /// let map = MappingOptions::new().map_store(MemStore::new(4096, 16)?)?;
+    /// assert_eq!(map.capacity(), mkwrite::DEFAULT_CAPACITY);
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
     pub fn new() -> MappingOptions {
         MappingOptions::default()
     }
 
-    /// How far the file may grow without remapping (rounded up to pages and blocks).
+    /// How far the file may grow without remapping (rounded up to pages and
+    /// blocks). Reserving address space costs no memory; past it,
+    /// [`Mapping::set_len`] fails until [`Mapping::grow_capacity`].
+    ///
+    /// ```
+    /// use mkwrite::{Error, MappingOptions, MemStore};
+    /// let map = MappingOptions::new().capacity(1 << 20).map_store(MemStore::new(4096, 16)?)?;
+    /// map.set_len(1 << 20)?;
+    /// assert!(matches!(map.set_len((1 << 20) + 1), Err(Error::BeyondCapacity { .. })));
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
     pub fn capacity(&mut self, bytes: u64) -> &mut Self {
         self.capacity = Some(bytes);
         self
     }
 
-    /// Block size of the [`FileStore`] that [`open`](Self::open) makes.
+    /// Block size of the [`FileStore`] that [`open`](Self::open) makes: a
+    /// power of two from 512 B to 1 MiB. A store given to
+    /// [`map_store`](Self::map_store) keeps its own.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("data.db");
+    /// let map = mkwrite::MappingOptions::new().block_size(512).create(true).open(&path)?;
+    /// assert_eq!(map.block_size(), 512);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn block_size(&mut self, bytes: u64) -> &mut Self {
         self.block_size = Some(bytes);
         self
     }
 
-    /// What a write fault does when the store is full.
+    /// What a write fault does when the store is full (see [`OnFull`]).
+    /// Checked calls never ask it: they return the error.
+    ///
+    /// ```
+    /// use mkwrite::{Error, MappingOptions, MemStore, OnFull, Store};
+    /// # let store = MemStore::new(4096, 0)?; // no room at all
+    /// # store.set_len(4096)?;
+    /// let map = MappingOptions::new().on_full(OnFull::Wait).map_store(store)?;
+    /// let err = map.write(0, b"x").unwrap_err(); // no waiting here
+    /// assert!(matches!(err.error, Error::NoSpace(_)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn on_full(&mut self, policy: OnFull) -> &mut Self {
         self.on_full = policy;
         self
     }
 
-    /// Create the file if it does not exist.
+    /// Create the file if it does not exist (empty), as `O_CREAT` does.
+    ///
+    /// ```
+    /// use mkwrite::{Error, MappingOptions};
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("new.db");
+    /// assert!(matches!(MappingOptions::new().open(&path), Err(Error::Open { .. })));
+    /// let map = MappingOptions::new().create(true).open(&path)?;
+    /// assert!(map.is_empty() && path.exists());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "O_CREAT")]
     pub fn create(&mut self, yes: bool) -> &mut Self {
         self.create = yes;
         self
     }
 
     /// Whether to fall back to `/dev/userfaultfd` and `UFFD_USER_MODE_ONLY`
-    /// when the `userfaultfd` system call is refused (default: true).
+    /// when the `userfaultfd` system call is refused (default: true). Off,
+    /// an unprivileged process gets [`Error::Userfaultfd`] rather than a
+    /// mapping whose system calls may fail with `EFAULT`.
+    ///
+    /// ```
+    /// use mkwrite::{MappingOptions, MemStore, UffdOrigin};
+    /// let map = MappingOptions::new()
+    ///     .userfaultfd_fallback(false)
+    ///     .map_store(MemStore::new(4096, 16)?)?;
+    /// assert_ne!(map.userfaultfd_origin(), UffdOrigin::UserModeOnly);
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
+    #[doc(alias = "UFFD_USER_MODE_ONLY")]
     pub fn userfaultfd_fallback(&mut self, yes: bool) -> &mut Self {
         self.uffd_fallback = yes;
         self
@@ -165,10 +364,16 @@ impl MappingOptions {
     /// with a `PROT_READ` mmap), and every call that would change the file
     /// returns [`Error::ReadOnlyMapping`].
     ///
-    /// ```no_run
-    /// let map = mkwrite::MappingOptions::new().read_only(true).open("/etc/hostname")?;
+    /// ```
+    /// use mkwrite::{Error, MappingOptions};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("hostname");
+    /// # std::fs::write(&path, b"db1\n")?;
+    /// let map = MappingOptions::new().read_only(true).open(&path)?;
     /// let mut name = vec![0; map.len() as usize];
     /// map.read(0, &mut name)?;
+    /// assert_eq!(name, b"db1\n");
+    /// assert!(matches!(map.write(0, b"x").unwrap_err().error, Error::ReadOnlyMapping));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn read_only(&mut self, yes: bool) -> &mut Self {
@@ -178,11 +383,25 @@ impl MappingOptions {
 
     /// Maps the file at `path` through a [`FileStore`].
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("table.db");
+    /// let map = mkwrite::MappingOptions::new().capacity(1 << 20).create(true).open(&path)?;
+    /// map.set_len(8192)?;
+    /// map.write(0, b"row 1")?;
+    /// map.flush()?;
+    /// assert_eq!(std::fs::metadata(&path)?.len(), 8192);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::Open`] naming the file if it cannot be opened (it does not
     /// exist and [`create`](Self::create) is off, say), [`Error::ReadOnly`] if
-    /// it may not be written and [`read_only`](Self::read_only) is off.
+    /// it may not be written and [`read_only`](Self::read_only) is off;
+    /// [`Error::ReadOnlyMapping`] for `read_only` with `create`;
+    /// [`Error::InvalidBlockSize`] for a bad [`block_size`](Self::block_size);
+    /// and those of [`map_store`](Self::map_store).
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Mapping> {
         if self.read_only {
             if self.create {
@@ -230,7 +449,28 @@ impl MappingOptions {
         self.map_store(nbd.connect(uri)?)
     }
 
-    /// Maps any store.
+    /// Maps any store: one of this crate's, or your own [`Store`].
+    ///
+    /// ```
+    /// use mkwrite::{MappingOptions, MemStore, QuotaStore, Store};
+    /// let store = QuotaStore::new(MemStore::new(4096, 1024)?, 16)?; // a 64 KiB quota
+    /// store.set_len(1 << 20)?;
+    /// let map = MappingOptions::new().map_store(store)?;
+    /// assert_eq!(map.len(), 1 << 20);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBlockSize`] for a store's (or
+    /// [`block_size`](Self::block_size)'s) bad block size;
+    /// [`Error::CapacityBelowLength`] for a [`capacity`](Self::capacity)
+    /// below the store's length; [`Error::CapacityUnavailable`] when the
+    /// address space has no room for it; [`Error::Userfaultfd`] when the
+    /// process may not create a userfaultfd, [`Error::MissingFeature`] on a
+    /// kernel older than 5.7; [`Error::Io`] for an [`offset`](Self::offset)
+    /// off a block boundary (`InvalidInput`), the store's failure to list
+    /// its blocks, or the kernel's to set the mapping up.
     pub fn map_store<S: Store + 'static>(&self, store: S) -> Result<Mapping> {
         if let Some(b) = self.block_size
             && b != store.block_size()
@@ -275,6 +515,15 @@ impl MappingOptions {
     /// How far the window reaches from [`offset`](Self::offset) (default: to
     /// the file's end); the mapping's length is the part of it the file
     /// covers, and its capacity defaults to it.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// store.set_len(10_000)?;
+    /// let map = MappingOptions::new().offset(8192).len(8192).map_store(store.clone())?;
+    /// assert_eq!(map.len(), 10_000 - 8192); // the file ends inside the window
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn len(&mut self, len: u64) -> &mut Self {
         self.len = Some(len);
         self

@@ -44,17 +44,39 @@ impl RawMemory {
         RawMemory { ptr, len }
     }
 
-    /// The start of the memory.
+    /// The start of the memory: [`Mapping::as_ptr`](crate::Mapping::as_ptr).
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore};
+    /// let map = MappingOptions::new().capacity(8192).map_store(MemStore::new(4096, 2)?)?;
+    /// assert_eq!(map.raw().as_ptr(), map.as_ptr());
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
     pub fn as_ptr(self) -> *mut u8 {
         self.ptr
     }
 
-    /// Its length in bytes: the mapping's capacity.
+    /// Its length in bytes: the mapping's capacity, not the file's length.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore};
+    /// let map = MappingOptions::new().capacity(8192).map_store(MemStore::new(4096, 2)?)?;
+    /// assert_eq!((map.raw().len(), map.len()), (8192, 0));
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
     pub fn len(self) -> usize {
         self.len
     }
 
-    /// True for a mapping of no capacity.
+    /// True for a mapping of no capacity (which the rounding up to whole
+    /// pages makes rare: a capacity of 0 is one).
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore};
+    /// let map = MappingOptions::new().capacity(1).map_store(MemStore::new(4096, 2)?)?;
+    /// assert!(!map.raw().is_empty()); // one page
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
     pub fn is_empty(self) -> bool {
         self.len == 0
     }

@@ -3,7 +3,24 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// A snapshot of a mapping's counters and flags.
+/// A snapshot of a mapping's counters and flags, from [`Mapping::stats`](crate::Mapping::stats).
+/// The counters only grow; the flag totals (`blocks_allocated`,
+/// `pages_resident`, `pages_dirty`) and `len` are as of the call.
+///
+/// ```
+/// use mkwrite::{MappingOptions, MemStore, Store};
+/// # let store = MemStore::new(1024, 64)?;
+/// # store.set_len(8192)?;
+/// let map = MappingOptions::new().capacity(8192).map_store(store)?;
+/// // SAFETY: inside the file, and no reference to these bytes is alive.
+/// unsafe { map.as_ptr().write(1) }; // one write fault, the page's four blocks
+/// map.flush()?;
+/// let stats = map.stats();
+/// assert_eq!((stats.faults_missing_write, stats.blocks_allocated), (1, 4));
+/// assert_eq!((stats.flushes, stats.bytes_flushed, stats.pages_dirty), (1, 4096, 0));
+/// println!("{:?} in the fault handler", stats.handler_time);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {

@@ -19,6 +19,19 @@ use crate::sys;
 /// The block size defaults to the filesystem's (`f_bsize`); a different one may
 /// be chosen with [`with_block_size`](FileStore::with_block_size): allocation
 /// then asks the filesystem for that unit, which it rounds to its own.
+///
+/// ```
+/// use mkwrite::{FileStore, MappingOptions, Store};
+/// # let dir = tempfile::tempdir()?;
+/// # let path = dir.path().join("table.db");
+/// let store = FileStore::create(&path)?.with_block_size(1024)?;
+/// store.set_len(1 << 20)?; // sparse: nothing allocated yet
+/// let map = MappingOptions::new().map_store(store)?;
+/// map.write(0, b"row 1")?; // fallocate: a full disk fails here, not at writeback
+/// map.flush()?;
+/// assert_eq!(&std::fs::read(&path)?[..5], b"row 1");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct FileStore {
     file: File,
@@ -48,6 +61,24 @@ fn open_error(path: &Path, err: io::Error) -> Error {
 
 impl FileStore {
     /// Opens an existing file read-write.
+    ///
+    /// ```
+    /// use mkwrite::{FileStore, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("table.db");
+    /// std::fs::write(&path, [1; 5000])?;
+    /// let store = FileStore::open(&path)?;
+    /// assert_eq!(store.len(), 5000);
+    /// assert!(!store.allocated()?.is_empty()); // its data counts as allocated
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Open`] naming the file if it cannot be opened (it does not
+    /// exist, say); [`Error::ReadOnly`] if it may not be written (a
+    /// read-only filesystem, no permission); [`Error::Io`] if its length or
+    /// filesystem cannot be read.
     pub fn open(path: impl AsRef<Path>) -> Result<FileStore> {
         let path = path.as_ref();
         let file = OpenOptions::new()
@@ -61,6 +92,24 @@ impl FileStore {
     /// Opens an existing file for reading only, for a read-only mapping
     /// ([`MappingOptions::read_only`](crate::MappingOptions::read_only)):
     /// writes, allocations and length changes fail with `EBADF`.
+    ///
+    /// ```
+    /// use mkwrite::{FileStore, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("table.db");
+    /// std::fs::write(&path, b"hello")?;
+    /// let store = FileStore::open_read_only(&path)?;
+    /// let mut buf = [0; 5];
+    /// store.read_at(0, &mut buf)?;
+    /// assert_eq!(&buf, b"hello");
+    /// assert!(store.set_len(0).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Open`] naming the file if it cannot be opened; [`Error::Io`]
+    /// if its length or filesystem cannot be read.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<FileStore> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::Open {
@@ -72,6 +121,20 @@ impl FileStore {
 
     /// Opens a file read-write, creating it empty if it does not exist.
     /// A new file's directory is synced on the first [`sync`](Store::sync).
+    ///
+    /// ```
+    /// use mkwrite::{FileStore, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("new.db");
+    /// let store = FileStore::create(&path)?;
+    /// assert!(path.exists() && store.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    #[doc(alias = "O_CREAT")]
     pub fn create(path: impl AsRef<Path>) -> Result<FileStore> {
         let path = path.as_ref();
         let existed = path.exists();
@@ -89,6 +152,24 @@ impl FileStore {
 
     /// Wraps an open file, which must be open for writing. `path` lets
     /// [`sync`](Store::sync) sync the parent directory too.
+    ///
+    /// ```
+    /// use mkwrite::{Error, FileStore};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("table.db");
+    /// # std::fs::write(&path, b"hello")?;
+    /// let file = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
+    /// let store = FileStore::from_file(file, Some(path.clone()))?;
+    /// assert_eq!(store.file().metadata()?.len(), 5);
+    /// let read_only = std::fs::File::open(&path)?;
+    /// assert!(matches!(FileStore::from_file(read_only, None), Err(Error::ReadOnly { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadOnly`] for a file not open for writing; [`Error::Io`] if
+    /// its mode, length or filesystem cannot be read.
     pub fn from_file(file: File, path: Option<PathBuf>) -> Result<FileStore> {
         if sys::is_read_only(&file)? {
             return Err(Error::ReadOnly {
@@ -114,12 +195,32 @@ impl FileStore {
     }
 
     /// Uses `block_size` instead of the filesystem's.
+    ///
+    /// ```
+    /// use mkwrite::{FileStore, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = FileStore::create(dir.path().join("table.db"))?.with_block_size(512)?;
+    /// assert_eq!(store.block_size(), 512);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBlockSize`] unless it is a power of two from 512 B to 1 MiB.
     pub fn with_block_size(mut self, block_size: u64) -> Result<FileStore> {
         self.block = check_block_size(block_size)?;
         Ok(self)
     }
 
     /// The underlying file.
+    ///
+    /// ```
+    /// use mkwrite::FileStore;
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = FileStore::create(dir.path().join("table.db"))?;
+    /// assert!(store.file().metadata()?.is_file());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn file(&self) -> &File {
         &self.file
     }

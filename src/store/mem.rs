@@ -10,6 +10,20 @@ use crate::error::Result;
 use crate::geometry::check_block_size;
 
 /// A store in memory with room for `capacity` blocks: a disk that fills up.
+/// For tests, examples and scratch files.
+///
+/// ```
+/// use mkwrite::{Error, MappingOptions, MemStore, Store};
+///
+/// let store = std::sync::Arc::new(MemStore::new(1024, 8)?); // 8 KiB of room
+/// store.set_len(1 << 20)?; // a 1 MiB file, sparse
+/// let map = MappingOptions::new().map_store(store.clone())?;
+/// map.write(0, &[1; 8192])?;
+/// assert!(matches!(map.write(8192, b"x").unwrap_err().error, Error::NoSpace(_)));
+/// map.flush()?;
+/// assert_eq!(store.held_blocks(), 8);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct MemStore {
     block: u64,
@@ -25,6 +39,19 @@ struct Inner {
 
 impl MemStore {
     /// An empty store of `block_size` blocks with room for `capacity_blocks` of them.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, Store};
+    /// let store = MemStore::new(4096, 256)?; // 1 MiB of room
+    /// assert_eq!((store.block_size(), store.len()), (4096, 0));
+    /// assert!(MemStore::new(3000, 256).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidBlockSize`](crate::Error::InvalidBlockSize) unless
+    /// `block_size` is a power of two from 512 B to 1 MiB.
     pub fn new(block_size: u64, capacity_blocks: u64) -> Result<MemStore> {
         Ok(MemStore {
             block: check_block_size(block_size)?,
@@ -34,11 +61,31 @@ impl MemStore {
     }
 
     /// Blocks currently held.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, Store};
+    /// let store = MemStore::new(4096, 8)?;
+    /// store.set_len(1 << 20)?;
+    /// store.allocate(0..3)?;
+    /// assert_eq!(store.held_blocks(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn held_blocks(&self) -> u64 {
         self.lock().blocks.len() as u64
     }
 
     /// The file's bytes `[0, len)`, holes as zeros.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, Store};
+    /// let store = MemStore::new(512, 8)?;
+    /// store.set_len(1024)?;
+    /// store.allocate(1..2)?;
+    /// store.write_at(512, b"data")?;
+    /// let bytes = store.contents();
+    /// assert_eq!((bytes.len(), &bytes[512..516], bytes[0]), (1024, &b"data"[..], 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn contents(&self) -> Vec<u8> {
         let mut out = vec![0; self.len() as usize];
         self.read_at(0, &mut out).expect("memory reads cannot fail");

@@ -23,42 +23,251 @@ use std::sync::Arc;
 /// `&self` (implementations use interior locking) so a store can be shared,
 /// and returns [`io::Error`]s as the system gave them: `ENOSPC` for no space,
 /// `EDQUOT` for an exceeded quota.
+///
+/// A store of your own: a file in a `Vec` with room for a budget of blocks.
+///
+/// ```
+/// use mkwrite::{Error, MappingOptions, Store};
+/// use std::{collections::BTreeSet, io, ops::Range, sync::Mutex};
+///
+/// const BLOCK: u64 = 4096;
+///
+/// /// The file's bytes `[0, len)` and the blocks held, at most `budget` of them.
+/// struct VecStore { inner: Mutex<(Vec<u8>, BTreeSet<u64>)>, budget: usize }
+///
+/// impl Store for VecStore {
+///     fn block_size(&self) -> u64 { BLOCK }
+///     fn len(&self) -> u64 { self.inner.lock().unwrap().0.len() as u64 }
+///     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+///         let (bytes, _) = &*self.inner.lock().unwrap();
+///         let from = bytes.get(offset as usize..).unwrap_or_default();
+///         let n = from.len().min(buf.len());
+///         buf[..n].copy_from_slice(&from[..n]);
+///         buf[n..].fill(0); // past EOF reads as zeros
+///         Ok(())
+///     }
+///     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+///         let (bytes, _) = &mut *self.inner.lock().unwrap();
+///         let to = bytes.get_mut(offset as usize..).unwrap_or_default();
+///         let n = to.len().min(data.len()); // a write never moves EOF
+///         to[..n].copy_from_slice(&data[..n]);
+///         Ok(())
+///     }
+///     fn allocate(&self, blocks: Range<u64>) -> io::Result<()> {
+///         let (_, held) = &mut *self.inner.lock().unwrap();
+///         let new = blocks.clone().filter(|b| !held.contains(b)).count();
+///         if held.len() + new > self.budget {
+///             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+///         }
+///         held.extend(blocks);
+///         Ok(())
+///     }
+///     fn deallocate(&self, blocks: Range<u64>) -> io::Result<()> {
+///         let (bytes, held) = &mut *self.inner.lock().unwrap();
+///         let end = bytes.len();
+///         let clip = |b: u64| ((b * BLOCK) as usize).min(end);
+///         bytes[clip(blocks.start)..clip(blocks.end)].fill(0);
+///         held.retain(|b| !blocks.contains(b));
+///         Ok(())
+///     }
+///     fn set_len(&self, len: u64) -> io::Result<()> {
+///         let (bytes, held) = &mut *self.inner.lock().unwrap();
+///         bytes.resize(len as usize, 0); // what a shrink cut off comes back as zeros
+///         held.retain(|&b| b * BLOCK < len);
+///         Ok(())
+///     }
+///     fn sync(&self) -> io::Result<()> { Ok(()) }
+///     fn allocated(&self) -> io::Result<Vec<Range<u64>>> {
+///         Ok(self.inner.lock().unwrap().1.iter().map(|&b| b..b + 1).collect())
+///     }
+/// }
+///
+/// let store = VecStore { inner: Mutex::default(), budget: 2 };
+/// store.set_len(4 * BLOCK)?;
+/// let map = MappingOptions::new().capacity(4 * BLOCK).map_store(store)?;
+/// map.write(0, &[1; 8192])?; // both blocks of the budget
+/// let full = map.write(8192, b"x").unwrap_err();
+/// assert!(matches!(full.error, Error::NoSpace(_)));
+/// map.punch_hole(0, 4096)?; // gives one back
+/// map.write(8192, b"x")?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Store: Send + Sync {
-    /// The allocation unit: a power of two from 512 B to 1 MiB.
+    /// The allocation unit: a power of two from 512 B to 1 MiB (see
+    /// [`check_block_size`](crate::check_block_size)).
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, Store};
+    /// assert_eq!(MemStore::new(1024, 8)?.block_size(), 1024);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn block_size(&self) -> u64;
 
     /// The file's length (EOF).
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, Store};
+    /// let store = MemStore::new(4096, 8)?;
+    /// store.set_len(100)?;
+    /// assert_eq!(store.len(), 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn len(&self) -> u64;
 
     /// True when the file is empty.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, Store};
+    /// assert!(MemStore::new(4096, 8)?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Fills `buf` from `offset`; holes and bytes at or past [`len`](Store::len) read as zeros.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, Store};
+    /// let store = MemStore::new(4096, 8)?;
+    /// store.set_len(100)?;
+    /// let mut buf = [9; 200];
+    /// store.read_at(0, &mut buf)?; // a hole, then past EOF
+    /// assert_eq!(buf, [0; 200]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The medium's read errors (`EIO`, a lost connection).
+    #[doc(alias = "pread")]
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
 
     /// Writes `data` at `offset` into allocated blocks. Bytes at or past
     /// [`len`](Store::len) are dropped: a write never moves EOF.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, Store};
+    /// let store = MemStore::new(512, 8)?;
+    /// store.set_len(600)?;
+    /// store.allocate(0..2)?;
+    /// store.write_at(590, &[7; 20])?; // ten bytes are past EOF
+    /// assert_eq!(store.len(), 600);
+    /// assert_eq!(&store.contents()[590..], &[7; 10]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The medium's write errors (`EIO`, a lost connection), or any error
+    /// for a write to a block that is not allocated. A store may report a
+    /// failed write late, at a later `write_at` or [`sync`](Store::sync).
+    #[doc(alias = "pwrite")]
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
 
     /// Allocates `blocks` so that later writes to them cannot run out of space.
     /// Blocks already allocated are left alone. Fails with `ENOSPC` or `EDQUOT`.
+    ///
+    /// ```
+    /// use mkwrite::{Error, MemStore, Store};
+    /// let store = MemStore::new(4096, 2)?; // room for two blocks
+    /// store.set_len(1 << 20)?;
+    /// store.allocate(0..2)?;
+    /// store.allocate(1..2)?; // held already: needs no room
+    /// let err = store.allocate(2..3).unwrap_err();
+    /// assert!(matches!(Error::from_allocation(err), Error::NoSpace(_)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `ENOSPC` when the store has no room (the mapping reports
+    /// [`Error::NoSpace`](crate::Error::NoSpace)), `EDQUOT` over a quota
+    /// ([`Error::Quota`](crate::Error::Quota)); anything else is an I/O
+    /// failure.
+    #[doc(alias = "fallocate")]
     fn allocate(&self, blocks: Range<u64>) -> io::Result<()>;
 
     /// Frees `blocks` (punches a hole); they read as zeros afterwards.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, Store};
+    /// let store = MemStore::new(512, 8)?;
+    /// store.set_len(1024)?;
+    /// store.allocate(0..2)?;
+    /// store.write_at(0, &[7; 1024])?;
+    /// store.deallocate(1..2)?;
+    /// assert_eq!(store.held_blocks(), 1);
+    /// assert_eq!(store.contents()[512..], [0; 512]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The medium's errors; the blocks may then still be held.
+    #[doc(alias = "FALLOC_FL_PUNCH_HOLE")]
     fn deallocate(&self, blocks: Range<u64>) -> io::Result<()>;
 
     /// Moves EOF. Shrinking frees the blocks wholly past it and zeroes the
     /// tail of the block that holds it; growing adds a hole.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, Store};
+    /// let store = MemStore::new(512, 8)?;
+    /// store.set_len(1024)?;
+    /// store.allocate(0..2)?;
+    /// store.write_at(0, &[7; 1024])?;
+    /// store.set_len(100)?; // frees block 1, zeroes block 0 past 100
+    /// store.set_len(1024)?;
+    /// assert_eq!(store.held_blocks(), 1);
+    /// assert_eq!(store.contents()[100..], [0; 924]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The medium's errors; `InvalidInput` from a store whose length is not
+    /// its own to change (a [`Window`]).
+    #[doc(alias = "ftruncate")]
     fn set_len(&self, len: u64) -> io::Result<()>;
 
     /// Makes every completed write and length change durable.
+    ///
+    /// ```
+    /// use mkwrite::{FileStore, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = FileStore::create(dir.path().join("new.db"))?;
+    /// store.set_len(4096)?;
+    /// store.sync()?; // the data, the length and the new directory entry
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The medium's sync errors, including a write that failed since the
+    /// last sync; the caller writes the data again before it syncs again.
+    #[doc(alias = "fdatasync")]
+    #[doc(alias = "fsync")]
     fn sync(&self) -> io::Result<()>;
 
     /// The block ranges that already hold data, as far as the store can tell
     /// (used when an existing file is opened). Under-reporting is safe: those
     /// blocks are allocated again before their first write.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, Store};
+    /// let store = MemStore::new(4096, 8)?;
+    /// store.set_len(1 << 20)?;
+    /// store.allocate(0..2)?;
+    /// store.allocate(5..6)?;
+    /// assert_eq!(store.allocated()?, [0..2, 5..6]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The medium's errors (`lseek` with `SEEK_DATA`, a block status query).
+    #[doc(alias = "SEEK_DATA")]
     fn allocated(&self) -> io::Result<Vec<Range<u64>>>;
 }
 

@@ -89,12 +89,26 @@ impl Default for NbdOptions {
 impl NbdOptions {
     /// Defaults: open an export that already has mkwrite's header, 30 s
     /// timeout, reconnect after a lost connection.
+    ///
+    /// ```no_run
+    /// use mkwrite::{Store, store::NbdOptions};
+    /// let store = NbdOptions::new().connect("nbd://127.0.0.1/db")?; // formatted before
+    /// println!("{} bytes on {}", store.len(), store.uri());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new() -> NbdOptions {
         NbdOptions::default()
     }
 
     /// The block size for a new export (default 4 KiB). An existing
     /// export keeps the one it was formatted with; asking for another fails.
+    ///
+    /// ```no_run
+    /// use mkwrite::{Store, store::NbdOptions};
+    /// let store = NbdOptions::new().create(true).block_size(65536).connect("nbd://127.0.0.1/db")?;
+    /// assert_eq!(store.block_size(), 65536);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn block_size(&mut self, bytes: u64) -> &mut Self {
         self.block_size = Some(bytes);
         self
@@ -103,6 +117,14 @@ impl NbdOptions {
     /// Initialise a blank export (one whose header area reads as zeros),
     /// as `O_CREAT` creates a missing file. An export holding anything
     /// else is still refused.
+    ///
+    /// ```no_run
+    /// use mkwrite::{Store, store::NbdOptions};
+    /// // A new `nbdkit memory 1G` export reads as zeros: blank, so it is initialised.
+    /// let store = NbdOptions::new().create(true).connect("nbd://127.0.0.1/")?;
+    /// assert!(store.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create(&mut self, yes: bool) -> &mut Self {
         self.create = yes;
         self
@@ -110,6 +132,14 @@ impl NbdOptions {
 
     /// Initialise the export whatever it holds: its file becomes empty
     /// (length 0). Destroys what was there.
+    ///
+    /// ```no_run
+    /// use mkwrite::{Store, store::NbdOptions};
+    /// // A volume that held a filesystem once: start over on it.
+    /// let store = NbdOptions::new().format(true).connect("nbd://10.0.0.7/old-volume")?;
+    /// assert!(store.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn format(&mut self, yes: bool) -> &mut Self {
         self.format = yes;
         self
@@ -117,6 +147,14 @@ impl NbdOptions {
 
     /// How long one request may take (default 30 s). After it the
     /// connection is dropped and the call fails with `TimedOut`.
+    ///
+    /// ```no_run
+    /// use mkwrite::store::NbdOptions;
+    /// use std::time::Duration;
+    /// // A fault waits on the server: give up on a stuck one sooner.
+    /// let store = NbdOptions::new().timeout(Duration::from_secs(5)).connect("nbd://127.0.0.1/db")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.timeout = timeout;
         self
@@ -124,6 +162,13 @@ impl NbdOptions {
 
     /// Whether a call after a lost connection connects again (default
     /// true). See [`NbdStore`] for what a reconnect redoes.
+    ///
+    /// ```no_run
+    /// use mkwrite::store::NbdOptions;
+    /// // Every call after a lost connection fails: an operator restarts the process.
+    /// let store = NbdOptions::new().reconnect(false).connect("nbd://127.0.0.1/db")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reconnect(&mut self, yes: bool) -> &mut Self {
         self.reconnect = yes;
         self
@@ -131,6 +176,13 @@ impl NbdOptions {
 
     /// Connects to `uri` (`nbd://HOST[:PORT]/EXPORT` or
     /// `nbd+unix:///EXPORT?socket=PATH`) and opens the file on it.
+    ///
+    /// ```
+    /// use mkwrite::{Error, store::NbdOptions};
+    /// let uri = "nbd+unix:///db?socket=/nonexistent/nbd.sock";
+    /// let err = NbdOptions::new().connect(uri).unwrap_err(); // no server there
+    /// assert!(matches!(&err, Error::Open { path, .. } if path.to_str() == Some(uri)));
+    /// ```
     ///
     /// # Errors
     ///
@@ -327,27 +379,77 @@ struct Zero {
 impl NbdStore {
     /// Opens the mkwrite file on the export at `uri`, which must have been
     /// initialised ([`create`](NbdStore::create) or [`NbdOptions::format`]).
+    ///
+    /// ```no_run
+    /// use mkwrite::{MappingOptions, NbdStore};
+    /// let map = MappingOptions::new().map_store(NbdStore::connect("nbd://127.0.0.1/db")?)?;
+    /// let mut first = [0; 16];
+    /// map.read(0, &mut first)?; // the page comes over the network (NBD_CMD_READ)
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`NbdOptions::connect`]; [`Error::Open`] for an export without
+    /// mkwrite's header.
     pub fn connect(uri: &str) -> Result<NbdStore> {
         NbdOptions::new().connect(uri)
     }
 
     /// Opens the file on the export at `uri`, initialising a blank export
     /// (4 KiB blocks, length 0) first.
+    ///
+    /// ```no_run
+    /// use mkwrite::{NbdStore, Store};
+    /// let store = NbdStore::create("nbd+unix:///db?socket=/run/nbd.sock")?;
+    /// assert_eq!(store.block_size(), 4096);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`NbdOptions::connect`]; [`Error::Open`] for an export that is
+    /// neither blank nor mkwrite's.
     pub fn create(uri: &str) -> Result<NbdStore> {
         NbdOptions::new().create(true).connect(uri)
     }
 
     /// The URI this store was opened with.
+    ///
+    /// ```no_run
+    /// use mkwrite::NbdStore;
+    /// let store = NbdStore::connect("nbd://127.0.0.1/db")?;
+    /// assert_eq!(store.uri(), "nbd://127.0.0.1/db");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn uri(&self) -> &str {
         &self.uri
     }
 
-    /// Export bytes before file offset 0 (the header area).
+    /// Export bytes before file offset 0 (the header area): the block size
+    /// or 4 KiB, whichever is larger.
+    ///
+    /// ```no_run
+    /// use mkwrite::{NbdStore, Store};
+    /// let store = NbdStore::connect("nbd://127.0.0.1/db")?;
+    /// assert_eq!(store.data_offset(), store.block_size().max(4096));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn data_offset(&self) -> u64 {
         self.data_offset
     }
 
-    /// The largest length the file can have on this export.
+    /// The largest length the file can have on this export: a mapping's
+    /// [`capacity`](crate::MappingOptions::capacity) need not be larger.
+    ///
+    /// ```no_run
+    /// use mkwrite::{MappingOptions, NbdStore};
+    /// let store = NbdStore::connect("nbd://127.0.0.1/db")?;
+    /// let max = store.max_len();
+    /// let map = MappingOptions::new().capacity(max).map_store(store)?;
+    /// map.set_len(max)?; // the whole export
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_len(&self) -> u64 {
         self.room.load(Ordering::SeqCst)
     }

@@ -11,6 +11,20 @@ use super::Store;
 
 /// Caps the blocks `inner` may hold at a limit; an allocation past it fails
 /// with `EDQUOT`, as a filesystem quota does.
+///
+/// ```
+/// use mkwrite::{Error, MappingOptions, MemStore, QuotaStore, Store};
+///
+/// let store = std::sync::Arc::new(QuotaStore::new(MemStore::new(4096, 1024)?, 2)?);
+/// store.set_len(1 << 20)?;
+/// let map = MappingOptions::new().map_store(store.clone())?;
+/// map.write(0, &[1; 8192])?;
+/// let err = map.write(8192, b"x").unwrap_err();
+/// assert!(matches!(err.error, Error::Quota(_))); // not NoSpace: the disk has room
+/// store.set_limit(3);
+/// map.write(8192, b"x")?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct QuotaStore<S> {
     inner: S,
@@ -20,6 +34,21 @@ pub struct QuotaStore<S> {
 
 impl<S: Store> QuotaStore<S> {
     /// Wraps `inner`, counting the blocks it already holds against `limit_blocks`.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, QuotaStore, Store};
+    /// let disk = MemStore::new(4096, 64)?;
+    /// disk.set_len(1 << 20)?;
+    /// disk.allocate(0..5)?;
+    /// let store = QuotaStore::new(disk, 4)?;
+    /// assert_eq!(store.held_blocks(), 5); // over the limit already: no allocation fits
+    /// assert!(store.allocate(10..11).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Those of `inner`'s [`allocated`](Store::allocated).
     pub fn new(inner: S, limit_blocks: u64) -> io::Result<QuotaStore<S>> {
         let mut held = FixedBitSet::new();
         for r in inner.allocated()? {
@@ -33,17 +62,48 @@ impl<S: Store> QuotaStore<S> {
         })
     }
 
-    /// Changes the limit (raising it is how a quota is "freed").
+    /// Changes the limit (raising it is how a quota is "freed"). Faults
+    /// waiting for space learn of it by
+    /// [`Mapping::notify_space_freed`](crate::Mapping::notify_space_freed).
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, QuotaStore, Store};
+    /// let store = QuotaStore::new(MemStore::new(4096, 64)?, 0)?;
+    /// store.set_len(1 << 20)?;
+    /// assert!(store.allocate(0..1).is_err());
+    /// store.set_limit(1);
+    /// store.allocate(0..1)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_limit(&self, limit_blocks: u64) {
         self.limit.store(limit_blocks, Ordering::SeqCst);
     }
 
     /// Blocks counted against the limit.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, QuotaStore, Store};
+    /// let store = QuotaStore::new(MemStore::new(4096, 64)?, 8)?;
+    /// store.set_len(1 << 20)?;
+    /// store.allocate(0..3)?;
+    /// store.deallocate(0..1)?;
+    /// assert_eq!(store.held_blocks(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn held_blocks(&self) -> u64 {
         self.lock().count_ones(..) as u64
     }
 
     /// The wrapped store.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, QuotaStore, Store};
+    /// let store = QuotaStore::new(MemStore::new(4096, 64)?, 0)?;
+    /// store.set_len(1 << 20)?;
+    /// assert!(store.allocate(0..1).is_err());
+    /// assert_eq!(store.inner().held_blocks(), 0); // refused before it got there
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn inner(&self) -> &S {
         &self.inner
     }

@@ -12,6 +12,21 @@ use super::Store;
 /// (`set_len` fails with `InvalidInput`). Made by
 /// [`MappingOptions::offset`](crate::MappingOptions::offset) and
 /// [`len`](crate::MappingOptions::len).
+///
+/// ```
+/// use mkwrite::{MemStore, Store, store::Window};
+/// use std::sync::Arc;
+///
+/// let file = Arc::new(MemStore::new(4096, 16)?);
+/// file.set_len(10_000)?;
+/// let window = Window::new(file.clone(), 8192, 4096)?; // [8192, 12288) of the file
+/// assert_eq!(window.len(), 10_000 - 8192); // the file ends inside it
+/// window.allocate(0..1)?;
+/// window.write_at(0, b"third page")?;
+/// assert_eq!(&file.contents()[8192..8202], b"third page");
+/// assert_eq!(file.allocated()?, [2..3]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Window<S> {
     inner: S,
@@ -22,6 +37,18 @@ pub struct Window<S> {
 impl<S: Store> Window<S> {
     /// A window of `inner` from `offset` (a multiple of its block size) for
     /// at most `len` bytes.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, store::Window};
+    /// let file = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// assert!(Window::new(file.clone(), 4096, 100).is_ok());
+    /// assert!(Window::new(file, 100, 100).is_err()); // off a block boundary
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if `offset` is not a multiple of `inner`'s block size.
     pub fn new(inner: S, offset: u64, len: u64) -> io::Result<Window<S>> {
         if !offset.is_multiple_of(inner.block_size()) {
             return Err(io::Error::new(

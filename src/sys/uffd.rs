@@ -115,6 +115,19 @@ const UFFDIO_POISON: libc::c_ulong =
     nix::request_code_readwrite!(UFFDIO, 0x08, size_of::<UffdioPoison>()) as libc::c_ulong;
 
 /// How the userfaultfd was obtained; kept so callers can tell what they got.
+/// Read it with [`Mapping::userfaultfd_origin`](crate::Mapping::userfaultfd_origin).
+///
+/// ```
+/// use mkwrite::{MappingOptions, MemStore, UffdOrigin};
+/// let map = MappingOptions::new().map_store(MemStore::new(4096, 16)?)?;
+/// let serves_system_calls = match map.userfaultfd_origin() {
+///     UffdOrigin::Syscall | UffdOrigin::Device => true,
+///     UffdOrigin::UserModeOnly => false, // populate ranges before read(2) into them
+/// };
+/// println!("read(2) into the mapping faults pages in: {serves_system_calls}");
+/// # Ok::<(), mkwrite::Error>(())
+/// ```
+#[doc(alias = "userfaultfd")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UffdOrigin {
     /// `userfaultfd(2)` with kernel faults handled too.
