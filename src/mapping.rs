@@ -29,6 +29,16 @@ use crate::sys::{self, Doorbell, Region, Uffd, UffdOrigin};
 /// unregisters and unmaps the memory, and closes the userfaultfd and the
 /// store, in that order. Use [`close`](Self::close) to see the flush's error.
 ///
+/// # Shared access
+///
+/// There is no `Deref<Target = [u8]>` and no shared read guard: a `&[u8]`
+/// promises that no one writes those bytes while it lives, and nothing can
+/// promise that while any thread may store through [`as_ptr`](Self::as_ptr).
+/// Shared readers use the checked [`read`](Self::read) (a copy), or raw
+/// loads through [`raw`](Self::raw) under their own discipline; the slices
+/// ([`as_slice`](Self::as_slice), [`as_mut_slice`](Self::as_mut_slice)) take
+/// `&mut self`, so the borrow checker keeps every other caller away.
+///
 /// # Fork
 ///
 /// The memory is not inherited by a child of `fork` (`MADV_DONTFORK`): a
@@ -656,8 +666,38 @@ impl Mapping {
     #[doc(alias = "MS_ASYNC")]
     pub fn flush_async(&self) -> Result<()> {
         self.usable()?;
+        self.start_flush(0..self.engine.geo.pages())
+    }
+
+    /// [`flush_async`](Self::flush_async) for the pages overlapping
+    /// `[offset, offset + len)`.
+    ///
+    /// ```
+    /// # use mkwrite::{MappingOptions, MemStore, Store};
+    /// # let store = std::sync::Arc::new(MemStore::new(4096, 16)?);
+    /// # store.set_len(16384)?;
+    /// # let map = MappingOptions::new().capacity(16384).map_store(store.clone())?;
+    /// map.write(0, &[1; 8192])?;
+    /// map.flush_async_range(4096, 10)?; // starts writing the second page
+    /// map.flush()?;                     // waits for it, then writes the first
+    /// assert_eq!(&store.contents()[..8192], &[1; 8192][..]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutOfRange`] past the capacity; otherwise as
+    /// [`flush_async`](Self::flush_async).
+    pub fn flush_async_range(&self, offset: u64, len: u64) -> Result<()> {
+        self.usable()?;
+        let geo = &self.engine.geo;
+        let end = geo.end_within_capacity("flush_async_range beyond the mapping's capacity", offset, len)?;
+        self.start_flush(geo.pages_overlapping(&(offset..end)))
+    }
+
+    /// Flushes `pages` on a thread of its own; `flush` and `close` wait for it.
+    fn start_flush(&self, pages: std::ops::Range<u64>) -> Result<()> {
         let engine = Arc::clone(&self.engine);
-        let pages = 0..self.engine.geo.pages();
         let handle = std::thread::Builder::new()
             .name("mkwrite-flush".into())
             .spawn(move || {
