@@ -36,23 +36,72 @@ pub(crate) fn spawn(engine: Arc<Engine>) -> io::Result<JoinHandle<()>> {
         })
 }
 
-/// Faults waiting for something: space (parked) or their retry time.
+/// Reports of one parked fault within [`SPIN_WINDOW`] that mean its thread
+/// is spinning: a thread inside a system call with a signal pending is
+/// retried by the kernel at once, again and again (thousands of times a
+/// second), and cannot see the signal until the call returns. A thread in
+/// user mode re-reports once per signal it handles.
+const SPINNING: u32 = 256;
+const SPIN_WINDOW: Duration = Duration::from_millis(500);
+
+/// Faults waiting for something: space (parked, with how often each was
+/// reported again) or their retry time.
 #[derive(Default)]
 struct Waiting {
-    parked: Vec<Fault>,
+    parked: Vec<(Fault, u32, Instant)>,
     retries: Vec<(Fault, u32, Instant)>,
+}
+
+/// Whether a reported fault is one already waiting.
+enum Held {
+    No,
+    Yes,
+    /// Waiting, and spinning inside a system call: fail it now.
+    Spinning(Fault),
+}
+
+/// The same thread faulting on the same page.
+fn same_fault(engine: &Engine, a: &Fault, b: &Fault) -> bool {
+    let page = |f: &Fault| engine.geo.page_of(f.address - engine.region.base());
+    a.thread == b.thread && page(a) == page(b)
 }
 
 impl Waiting {
     /// A thread faulting inside a system call re-reports the same fault each
     /// time something wakes it; one entry per thread and page is enough.
-    fn holds(&self, engine: &Engine, fault: &Fault) -> bool {
-        let same = |f: &Fault| {
-            f.thread == fault.thread
-                && engine.geo.page_of(f.address - engine.region.base())
-                    == engine.geo.page_of(fault.address - engine.region.base())
-        };
-        self.parked.iter().any(same) || self.retries.iter().any(|(f, _, _)| same(f))
+    /// A parked fault reported [`SPINNING`] times by a thread inside a system
+    /// call is taken out and returned: that call must fail now (`EFAULT`, as
+    /// a wait a signal interrupts) rather than spin until space comes.
+    fn holds(&mut self, engine: &Engine, fault: &Fault) -> Held {
+        if let Some(at) = self
+            .parked
+            .iter()
+            .position(|(f, _, _)| same_fault(engine, f, fault))
+        {
+            let (_, repeats, since) = &mut self.parked[at];
+            *repeats += 1;
+            if *repeats < SPINNING {
+                return Held::Yes;
+            }
+            let fast = since.elapsed() < SPIN_WINDOW;
+            (*repeats, *since) = (0, Instant::now());
+            // Spinning threads are seen running or inside their call; a
+            // thread seen blocked in user mode is only being signalled.
+            return match sys::thread_state(fault.thread) {
+                ThreadState::UserMode => Held::Yes,
+                _ if fast => Held::Spinning(self.parked.swap_remove(at).0),
+                _ => Held::Yes,
+            };
+        }
+        if self.retries.iter().any(|(f, _, _)| same_fault(engine, f, fault)) {
+            Held::Yes
+        } else {
+            Held::No
+        }
+    }
+
+    fn park(&mut self, fault: Fault) {
+        self.parked.push((fault, 0, Instant::now()));
     }
 
     fn next_retry(&self) -> Option<Instant> {
@@ -78,6 +127,7 @@ fn run(engine: &Engine) -> io::Result<()> {
                 let left = waiting
                     .parked
                     .drain(..)
+                    .map(|(f, _, _)| f)
                     .chain(waiting.retries.drain(..).map(|(f, _, _)| f));
                 for f in left.collect::<Vec<_>>() {
                     refuse(
@@ -88,7 +138,7 @@ fn run(engine: &Engine) -> io::Result<()> {
                 }
                 return Ok(());
             }
-            for f in std::mem::take(&mut waiting.parked) {
+            for (f, _, _) in std::mem::take(&mut waiting.parked) {
                 handle(engine, f, 0, &mut waiting);
             }
         }
@@ -97,8 +147,10 @@ fn run(engine: &Engine) -> io::Result<()> {
             engine.uffd.read_faults(&mut faults, &mut msgs)?;
             for &f in &faults {
                 engine.counters.fault(f.write, f.write_protect);
-                if !waiting.holds(engine, &f) {
-                    handle(engine, f, 0, &mut waiting);
+                match waiting.holds(engine, &f) {
+                    Held::No => handle(engine, f, 0, &mut waiting),
+                    Held::Yes => {}
+                    Held::Spinning(parked) => fail_spinning_call(engine, &parked),
                 }
             }
         }
@@ -135,7 +187,7 @@ fn handle(engine: &Engine, fault: Fault, attempt: u32, waiting: &mut Waiting) {
                 Ok(FullAction::Sigbus) => refuse(engine, &fault, Failure::Full(error)),
                 Ok(FullAction::Wait) => {
                     engine.counters.parked();
-                    waiting.parked.push(fault);
+                    waiting.park(fault);
                 }
                 Ok(FullAction::Retry) => {
                     let delay = RETRY_FIRST.saturating_mul(1 << attempt.min(16)).min(RETRY_MAX);
@@ -167,6 +219,23 @@ fn resolve(engine: &Engine, fault: &Fault) -> Result<(), Failure> {
         engine.wake(page)?;
     }
     Ok(())
+}
+
+/// Ends a system call that spins on a parked fault: its page is fenced, so
+/// the call fails with `EFAULT` (as a wait a signal interrupts) and the
+/// thread goes on to handle its signal.
+fn fail_spinning_call(engine: &Engine, fault: &Fault) {
+    let offset = fault.address - engine.region.base();
+    let page = engine.geo.page_of(offset);
+    let access = if fault.write { Access::Write } else { Access::Read };
+    engine.record_fault_error(format!(
+        "write at {offset}: interrupted by a signal while waiting for space"
+    ));
+    let _flags = engine.lock_flags();
+    if let Err(e) = engine.fence(page, access, fault.thread, String::new()) {
+        engine.record_fault_error(format!("failing the access at {offset}: {e}"));
+        let _ = engine.wake(page);
+    }
 }
 
 /// The handler failed on this fault: sticky failure, and the access fails.

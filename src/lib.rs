@@ -55,7 +55,9 @@
 //!   for under [`OnFull::Sigbus`]. For that last case the page is *fenced*
 //!   for a moment (its write permission taken away, so the retry fails): a
 //!   plain store by another thread to that page in that moment gets SIGSEGV
-//!   rather than SIGBUS. Under [`OnFull::Wait`] the call waits for space.
+//!   rather than SIGBUS. Under [`OnFull::Wait`] the call waits for space;
+//!   a signal arriving meanwhile ends it with `EFAULT` (the kernel would
+//!   otherwise retry the fault in a busy loop, unable to deliver the signal).
 //! * **`madvise`**: `MADV_DONTNEED` / `MADV_FREE` on the mapping drop pages
 //!   the mapping thinks it holds. A clean page refills from the store on the
 //!   next touch. A dirty page's unflushed bytes are gone (the memory is

@@ -108,6 +108,12 @@ const CASES: &[Case] = &[
         Setup::None,
     ),
     (
+        "a_signal_ends_a_system_call_waiting_for_space",
+        a_signal_ends_a_system_call_waiting_for_space,
+        End::Exit(0),
+        Setup::None,
+    ),
+    (
         "read_into_a_full_store_as_the_callback_decides",
         read_into_a_full_store_as_the_callback_decides,
         End::Exit(0),
@@ -622,6 +628,48 @@ fn read_into_a_full_store_waits_under_wait() {
     );
     map.flush().unwrap();
     assert_eq!(&store.contents()[2 * PAGE..2 * PAGE + 100], &[9; 100]);
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+fn a_signal_ends_a_system_call_waiting_for_space() {
+    // A fault taken inside a system call cannot see a signal: the kernel
+    // retries it at once, so a waiting `read(2)` with a signal pending
+    // would spin until space came. It fails with EFAULT instead, as a wait
+    // a signal interrupts.
+    // SAFETY: installing a handler that does nothing, without SA_RESTART.
+    unsafe { libc::signal(libc::SIGUSR1, ignore_signal as *const () as libc::sighandler_t) };
+    let (_, map) = mem_mapping(4, 4, OnFull::Wait);
+    poke(&map, 0, 1, PAGE);
+    let map = Arc::new(map);
+    let tid = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (map, tid) = (Arc::clone(&map), Arc::clone(&tid));
+        thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid.store(unsafe { libc::gettid() } as u64, Ordering::SeqCst);
+            read_into(&map, 2 * PAGE, 9, 100)
+        })
+    };
+    let start = Instant::now();
+    while map.stats().faults_parked == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the read never parked");
+        thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: signalling our own thread, alive until joined below.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            tid.load(Ordering::SeqCst) as i32,
+            libc::SIGUSR1,
+        )
+    };
+    let err = reader.join().unwrap().unwrap_err();
+    assert_eq!(errno(&err), libc::EFAULT, "{err}");
+    // Nothing was written; the mapping goes on.
+    map.punch_hole(0, PAGE as u64).unwrap();
+    assert_eq!(read_into(&map, 2 * PAGE, 9, 100).unwrap(), 100);
 }
 
 fn read_into_a_full_store_as_the_callback_decides() {
