@@ -255,7 +255,7 @@ impl Engine {
                     p < self.geo.pages()
                         && !flags.past_eof(p)
                         && flags.residency(p) == Residency::Absent
-                        && flags.poisoned_pages(p..p + 1).is_empty()
+                        && !flags.is_poisoned(p)
                         && !self.is_fenced(p)
                 })
                 .count() as u64;
@@ -356,12 +356,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Reads `page` from the store; bytes past EOF read as zeros (DESIGN rule 5).
-    fn read_page(&self, flags: &Flags, page: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.read_pages(flags, page, buf)
-    }
-
-    /// Reads the pages from `page` that `buf` holds, in one store call.
+    /// Reads the pages from `page` that `buf` holds, in one store call;
+    /// bytes past EOF read as zeros (DESIGN rule 5).
     fn read_pages(&self, flags: &Flags, page: u64, buf: &mut [u8]) -> io::Result<()> {
         let start = page * self.geo.page;
         let visible = flags.eof().saturating_sub(start).min(buf.len() as u64) as usize;
@@ -374,7 +370,7 @@ impl Engine {
 
     fn fill(&self, flags: &Flags, page: u64, writable: bool) -> io::Result<()> {
         let mut buf = vec![0u8; self.geo.page as usize];
-        self.read_page(flags, page, &mut buf)?;
+        self.read_pages(flags, page, &mut buf)?;
         self.install(page, &buf, writable)
     }
 
@@ -471,7 +467,7 @@ impl Engine {
         // Read after the copy: the page may have turned out to be gone.
         let was = flags.residency(page);
         if was == Residency::Absent {
-            self.read_page(flags, page, &mut buf)?;
+            self.read_pages(flags, page, &mut buf)?;
         }
         edit(&mut buf);
         let dirty = dirty || flags.is_dirty(page);

@@ -196,6 +196,10 @@ impl Flags {
             .collect()
     }
 
+    pub fn is_poisoned(&self, page: u64) -> bool {
+        self.poisoned.contains(page as usize)
+    }
+
     pub fn unpoisoned(&mut self, page: u64) {
         self.poisoned.set(page as usize, false);
     }

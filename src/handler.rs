@@ -62,8 +62,7 @@ enum Held {
 
 /// The same thread faulting on the same page.
 fn same_fault(engine: &Engine, a: &Fault, b: &Fault) -> bool {
-    let page = |f: &Fault| engine.geo.page_of(f.address - engine.region.base());
-    a.thread == b.thread && page(a) == page(b)
+    a.thread == b.thread && locate(engine, a).1 == locate(engine, b).1
 }
 
 impl Waiting {
@@ -177,7 +176,7 @@ fn handle(engine: &Engine, fault: Fault, attempt: u32, waiting: &mut Waiting) {
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(Failure::Full(error))) => {
-            let offset = fault.address - engine.region.base();
+            let (offset, _, _) = locate(engine, &fault);
             let full = FullFault {
                 offset,
                 thread: fault.thread,
@@ -204,9 +203,7 @@ fn handle(engine: &Engine, fault: Fault, attempt: u32, waiting: &mut Waiting) {
 
 /// Makes the faulting page ready under the flags lock, or says why not.
 fn resolve(engine: &Engine, fault: &Fault) -> Result<(), Failure> {
-    let offset = fault.address - engine.region.base();
-    let page = engine.geo.page_of(offset);
-    let access = if fault.write { Access::Write } else { Access::Read };
+    let (_, page, access) = locate(engine, fault);
     let mut flags = engine.lock_flags();
     if !fault.write_protect {
         // A missing page the flags call resident was dropped behind our back
@@ -225,17 +222,13 @@ fn resolve(engine: &Engine, fault: &Fault) -> Result<(), Failure> {
 /// the call fails with `EFAULT` (as a wait a signal interrupts) and the
 /// thread goes on to handle its signal.
 fn fail_spinning_call(engine: &Engine, fault: &Fault) {
-    let offset = fault.address - engine.region.base();
-    let page = engine.geo.page_of(offset);
-    let access = if fault.write { Access::Write } else { Access::Read };
+    let (offset, page, access) = locate(engine, fault);
     engine.record_fault_error(format!(
         "write at {offset}: interrupted by a signal while waiting for space"
     ));
     let _flags = engine.lock_flags();
-    if let Err(e) = engine.fence(page, access, fault.thread, String::new()) {
-        engine.record_fault_error(format!("failing the access at {offset}: {e}"));
-        let _ = engine.wake(page);
-    }
+    let fenced = engine.fence(page, access, fault.thread, String::new());
+    wake_if_not_failed(engine, offset, page, fenced);
 }
 
 /// The handler failed on this fault: sticky failure, and the access fails.
@@ -254,9 +247,7 @@ fn failed(engine: &Engine, fault: &Fault, panic: Box<dyn Any + Send>) {
 /// and the address, in a system call with `EFAULT`); otherwise a user-mode
 /// access gets SIGBUS and a system call `EFAULT` (through a fence).
 fn refuse(engine: &Engine, fault: &Fault, why: Failure) {
-    let offset = fault.address - engine.region.base();
-    let page = engine.geo.page_of(offset);
-    let access = if fault.write { Access::Write } else { Access::Read };
+    let (offset, page, access) = locate(engine, fault);
     let message = match &why {
         Failure::PastEof => format!("access at {offset} is past the end of the file"),
         Failure::Full(e) => format!("write at {offset}: {e}"),
@@ -283,9 +274,20 @@ fn refuse(engine: &Engine, fault: &Fault, why: Failure) {
             }
         }
     };
+    wake_if_not_failed(engine, offset, page, outcome);
+}
+
+/// Where a fault is: its file offset, its page, and the access it wants.
+fn locate(engine: &Engine, fault: &Fault) -> (u64, u64, Access) {
+    let offset = fault.address - engine.region.base();
+    let access = if fault.write { Access::Write } else { Access::Read };
+    (offset, engine.geo.page_of(offset), access)
+}
+
+/// If neither poison nor fence took, wakes the thread rather than leave it
+/// hanging: it faults again, and the failure is tried again.
+fn wake_if_not_failed(engine: &Engine, offset: u64, page: u64, outcome: io::Result<()>) {
     if let Err(e) = outcome {
-        // Neither poison nor fence took. Wake the thread rather than leave it
-        // hanging: it faults again, and this runs again.
         engine.record_fault_error(format!("failing the access at {offset}: {e}"));
         let _ = engine.wake(page);
     }
