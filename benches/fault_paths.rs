@@ -1,6 +1,7 @@
 //! Criterion's view of the main rows of the table (`benches/table.rs`):
 //! first writes, first reads of a cached file, re-dirty after a flush, a
-//! flush, and resident stores, for mkwrite and the kernel's `mmap(MAP_SHARED)`
+//! flush, and resident stores, for mkwrite (both fault deliveries) and the
+//! kernel's `mmap(MAP_SHARED)`
 //! on the same filesystem (a temporary directory). Only the workload is
 //! timed (`iter_custom`): set-up, `Drop` and `close` are not.
 //!
@@ -17,8 +18,21 @@ use workloads::{Run, Subject};
 /// 16 MiB files: criterion repeats each workload many times.
 const PAGES: usize = 4096;
 
-const SUBJECTS: [(&str, Subject); 2] = [
-    ("mkwrite", Subject::Mkwrite { block: 4096 }),
+const SUBJECTS: [(&str, Subject); 3] = [
+    (
+        "mkwrite",
+        Subject::Mkwrite {
+            block: 4096,
+            in_thread: false,
+        },
+    ),
+    (
+        "mkwrite_in_thread",
+        Subject::Mkwrite {
+            block: 4096,
+            in_thread: true,
+        },
+    ),
     ("kernel", Subject::Kernel),
 ];
 

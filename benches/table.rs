@@ -47,7 +47,17 @@ const SMOKE: Size = Size {
     db_records: 20_000,
 };
 
-const MK: Subject = Subject::Mkwrite { block: 4096 };
+const MK: Subject = Subject::Mkwrite {
+    block: 4096,
+    in_thread: false,
+};
+/// mkwrite with faults resolved in the faulting thread (`Delivery::InThread`).
+const MK_IN: Subject = Subject::Mkwrite {
+    block: 4096,
+    in_thread: true,
+};
+/// The fault rows run once per delivery; this suffix names the in-thread one.
+const DELIVERIES: [(Subject, &str); 2] = [(MK, ""), (MK_IN, ", in-thread")];
 const KERNEL: Subject = Subject::Kernel;
 
 /// One row: mkwrite's run, the kernel's run.
@@ -143,30 +153,36 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
     let mut row = |name, mk: &mut dyn FnMut() -> Run, kernel: &mut dyn FnMut() -> Run| {
         rows.push(measure(name, fs, size.reps, mk, kernel))
     };
-    for random in [false, true] {
-        let how = if random { "random" } else { "sequential" };
-        row(
-            format!("1. first write, {how}"),
-            &mut || workloads::first_write(dir, MK, n, random),
-            &mut || workloads::first_write(dir, KERNEL, n, random),
-        );
-    }
-    for cached in [true, false] {
+    for (mk, tag) in DELIVERIES {
         for random in [false, true] {
             let how = if random { "random" } else { "sequential" };
-            let cache = if cached { "cached" } else { "uncached" };
             row(
-                format!("2. first read, {how}, {cache}"),
-                &mut || workloads::first_read(dir, MK, n, random, cached),
-                &mut || workloads::first_read(dir, KERNEL, n, random, cached),
+                format!("1. first write, {how}{tag}"),
+                &mut || workloads::first_write(dir, mk, n, random),
+                &mut || workloads::first_write(dir, KERNEL, n, random),
             );
         }
     }
-    row(
-        "3. re-dirty after flush".into(),
-        &mut || workloads::redirty(dir, MK, n),
-        &mut || workloads::redirty(dir, KERNEL, n),
-    );
+    for (mk, tag) in DELIVERIES {
+        for cached in [true, false] {
+            for random in [false, true] {
+                let how = if random { "random" } else { "sequential" };
+                let cache = if cached { "cached" } else { "uncached" };
+                row(
+                    format!("2. first read, {how}, {cache}{tag}"),
+                    &mut || workloads::first_read(dir, mk, n, random, cached),
+                    &mut || workloads::first_read(dir, KERNEL, n, random, cached),
+                );
+            }
+        }
+    }
+    for (mk, tag) in DELIVERIES {
+        row(
+            format!("3. re-dirty after flush{tag}"),
+            &mut || workloads::redirty(dir, mk, n),
+            &mut || workloads::redirty(dir, KERNEL, n),
+        );
+    }
     for dirty in [1, 64, n] {
         row(
             format!("4. flush of {dirty} dirty pages (per page)"),
@@ -179,11 +195,13 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
         &mut || workloads::resident(dir, MK, n),
         &mut || workloads::resident(dir, KERNEL, n),
     );
-    row(
-        "6. first write, 2 threads".into(),
-        &mut || workloads::two_writers(dir, MK, n),
-        &mut || workloads::two_writers(dir, KERNEL, n),
-    );
+    for (mk, tag) in DELIVERIES {
+        row(
+            format!("6. first write, 2 threads{tag}"),
+            &mut || workloads::two_writers(dir, mk, n),
+            &mut || workloads::two_writers(dir, KERNEL, n),
+        );
+    }
     for up in [true, false] {
         row(
             format!(
@@ -201,7 +219,10 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
         &mut || workloads::punch(dir, KERNEL, n),
     );
     for block in [1024, 65536] {
-        let sub = Subject::Mkwrite { block };
+        let sub = Subject::Mkwrite {
+            block,
+            in_thread: false,
+        };
         row(
             format!("8. first write, sequential, {} KiB blocks", block >> 10),
             &mut || workloads::first_write(dir, sub, n, false),
@@ -215,11 +236,13 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
     }
     let db = |s: Subject, w: Writer| workloads::database(dir, s, w, size.db_len, size.db_records);
     let mib = size.db_len >> 20;
-    row(
-        format!("9. 512 B records, {mib} MiB, 2 threads: mkwrite raw"),
-        &mut || db(MK, Writer::Raw),
-        &mut || db(KERNEL, Writer::Raw),
-    );
+    for (mk, tag) in DELIVERIES {
+        row(
+            format!("9. 512 B records, {mib} MiB, 2 threads: mkwrite raw{tag}"),
+            &mut || db(mk, Writer::Raw),
+            &mut || db(KERNEL, Writer::Raw),
+        );
+    }
     row(
         format!("9. 512 B records, {mib} MiB, 2 threads: mkwrite write()"),
         &mut || db(MK, Writer::Checked),
@@ -314,15 +337,16 @@ fn print_table(rows: &[Row]) {
         };
         println!("| {} | {} | {} | {} | {ratio} |", r.name, r.fs, ns(mk), ns(k));
     }
-    let one = |fs: &str, mk: bool| {
+    let one = |fs: &str, tag: &str, mk: bool| {
         rows.iter()
-            .find(|r| r.fs == fs && r.name == "1. first write, sequential")
+            .find(|r| r.fs == fs && r.name == format!("1. first write, sequential{tag}"))
             .map(|r| if mk { r.mk.per_unit() } else { r.kernel.per_unit() })
     };
     for r in rows.iter().filter(|r| r.name.starts_with("6.")) {
-        if let (Some(mk1), Some(k1)) = (one(r.fs, true), one(r.fs, false)) {
+        let tag = r.name.strip_prefix("6. first write, 2 threads").unwrap_or("");
+        if let (Some(mk1), Some(k1)) = (one(r.fs, tag, true), one(r.fs, tag, false)) {
             println!(
-                "\n{}: two writers' throughput over one: mkwrite {:.2}x, kernel {:.2}x",
+                "\n{}{tag}: two writers' throughput over one: mkwrite {:.2}x, kernel {:.2}x",
                 r.fs,
                 mk1.as_secs_f64() / r.mk.per_unit().as_secs_f64(),
                 k1.as_secs_f64() / r.kernel.per_unit().as_secs_f64()
@@ -334,20 +358,22 @@ fn print_table(rows: &[Row]) {
 fn print_breakdown(rows: &[Row]) {
     println!("\nWhere mkwrite's time went (its counters for the median run; per unit of the row):");
     println!(
-        "| workload | fs | faults missing r/w, wp | allocate calls | handler per fault | store read / allocate / write / sync | ioctls |"
+        "| workload | fs | faults missing r/w, wp | in-thread / handed off | allocate calls | handler per fault | store read / allocate / write / sync | ioctls |"
     );
-    println!("| --- | --- | --- | ---: | ---: | --- | ---: |");
+    println!("| --- | --- | --- | --- | ---: | ---: | --- | ---: |");
     for r in rows {
         let Some(s) = r.mk.stats else { continue };
         let units = r.mk.units.max(1) as u32;
         let faults = s.faults_missing_read + s.faults_missing_write + s.faults_write_protect;
         println!(
-            "| {} | {} | {} / {}, {} | {:.2} | {} | {} / {} / {} / {} | {} |",
+            "| {} | {} | {} / {}, {} | {} / {} | {:.2} | {} | {} / {} / {} / {} | {} |",
             r.name,
             r.fs,
             s.faults_missing_read,
             s.faults_missing_write,
             s.faults_write_protect,
+            s.faults_in_thread,
+            s.faults_handed_off,
             s.allocate_calls as f64 / f64::from(units),
             us(s.handler_time / (faults.max(1) as u32)),
             us(s.store_read_time / units),

@@ -11,6 +11,8 @@ const READ_AHEAD_MAX: u64 = 32;
 /// Pages allocated ahead of a sequential writer at most (1 MiB: on ext4 one
 /// `fallocate` of 1 MiB costs what one of 4 KiB does).
 const ALLOCATE_AHEAD_MAX: u64 = 256;
+/// Pages one fault fills at most: the faulting page and those read ahead.
+pub(crate) const MAX_FILL_PAGES: u64 = READ_AHEAD_MAX + 1;
 
 /// How the mapping will be accessed, as `madvise(2)` advices say it; see
 /// [`Mapping::advise`](crate::Mapping::advise). The destructive advices

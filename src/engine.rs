@@ -16,9 +16,10 @@ use crate::error::{Error, Result};
 use crate::fence::Fences;
 use crate::flags::{Flags, Residency};
 use crate::geometry::Geometry;
+use crate::handoff::Handoffs;
 use crate::options::OnFull;
 use crate::stats::{Counters, Timer};
-use crate::store::Store;
+use crate::store::{SignalSafe, Store};
 use crate::sys::{self, Doorbell, Region, Uffd};
 
 /// Fields drop in declaration order, which is the teardown order after the
@@ -59,6 +60,10 @@ pub(crate) struct Engine {
     pub stopping: AtomicBool,
     /// Sticky: set when the handler thread dies; every later call reports it.
     pub handler_failure: Mutex<Option<String>>,
+    /// Set with `handler_failure`, readable in a signal handler.
+    pub failed: AtomicBool,
+    /// Faults handed from a faulting thread's signal handler to the service thread.
+    pub handoffs: Handoffs,
     /// The error behind the latest SIGBUS, for a signal handler to inspect.
     pub last_fault_error: Mutex<Option<String>>,
 }
@@ -92,6 +97,18 @@ pub(crate) enum Failure {
     Full(Error),
     /// The store or the kernel failed otherwise.
     Io(io::Error),
+    /// A signal-safe store call failed (with this errno): the fault goes to
+    /// the service thread, which calls the store again for the full error.
+    HandOff(i32),
+}
+
+/// Which of the store's calls a fault uses: the ordinary ones (the handler
+/// thread, checked calls) or the signal-safe ones (inside a SIGBUS handler,
+/// where every failure is handed to the service thread).
+#[derive(Clone, Copy)]
+pub(crate) enum StoreCalls<'a> {
+    Ordinary,
+    InSignal(&'a dyn SignalSafe),
 }
 
 impl Failure {
@@ -102,6 +119,19 @@ impl Failure {
             Failure::PastEof => past_eof(),
             Failure::Full(e) => e,
             Failure::Io(e) => Error::from(e),
+            Failure::HandOff(errno) => Error::from(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+impl Failure {
+    /// As an `io::Error`, for callers that report only those.
+    pub fn into_io(self) -> io::Error {
+        match self {
+            Failure::Io(e) => e,
+            Failure::HandOff(errno) => io::Error::from_raw_os_error(errno),
+            Failure::Full(e) => io::Error::from(e),
+            Failure::PastEof => io::Error::from_raw_os_error(libc::EFAULT),
         }
     }
 }
@@ -179,31 +209,50 @@ impl Engine {
     /// DESIGN rule 2: makes `page` ready for `access`, allocating its blocks
     /// before it may be written (rule 1). The one place faults are decided.
     pub fn resolve(&self, flags: &mut Flags, page: u64, access: Access) -> Result<Resolved, Failure> {
+        self.resolve_with(flags, page, access, StoreCalls::Ordinary)
+    }
+
+    /// [`resolve`](Self::resolve) with the store's `calls` of choice;
+    /// allocates no memory on its way to success (the scratch buffer is
+    /// preallocated where a signal handler may come here).
+    pub fn resolve_with(
+        &self,
+        flags: &mut Flags,
+        page: u64,
+        access: Access,
+        calls: StoreCalls<'_>,
+    ) -> Result<Resolved, Failure> {
         if flags.past_eof(page) {
             return Err(Failure::PastEof);
         }
-        let resolved = self.make_ready(flags, page, access)?;
+        let resolved = self.make_ready(flags, page, access, calls)?;
         // The page serves this access now; a fence left by an earlier failure
         // must not fail it (nor crash a checked copy into it).
         self.lift_fence(page)?;
         Ok(resolved)
     }
 
-    fn make_ready(&self, flags: &mut Flags, page: u64, access: Access) -> Result<Resolved, Failure> {
+    fn make_ready(
+        &self,
+        flags: &mut Flags,
+        page: u64,
+        access: Access,
+        calls: StoreCalls<'_>,
+    ) -> Result<Resolved, Failure> {
         match (flags.residency(page), access) {
             (Residency::Absent, Access::Read) => {
                 let ahead = relock(self.streams.lock()).read_fault(page);
-                self.fill_for_read(flags, page, ahead)?;
+                self.fill_for_read(flags, page, ahead, calls)?;
                 Ok(Resolved::FilledForRead)
             }
             (Residency::Absent, Access::Write) => {
-                self.allocate_under(flags, page)?;
-                self.fill(flags, page, true)?;
+                self.allocate_under(flags, page, calls)?;
+                self.fill(flags, page, true, calls)?;
                 flags.granted_write(page);
                 Ok(Resolved::FilledForWrite)
             }
             (Residency::Protected, Access::Write) => {
-                self.allocate_under(flags, page)?;
+                self.allocate_under(flags, page, calls)?;
                 self.ioctl(|| self.uffd.write_protect(self.addr(page), self.geo.page, false))?;
                 flags.granted_write(page);
                 Ok(Resolved::Unprotected)
@@ -216,7 +265,7 @@ impl Engine {
     /// failure. Ahead of a sequential writer it first tries to allocate the
     /// next pages' blocks in the same call; if the store cannot, only this
     /// page's blocks are asked for, so working ahead never fails a write.
-    fn allocate_under(&self, flags: &mut Flags, page: u64) -> Result<(), Failure> {
+    fn allocate_under(&self, flags: &mut Flags, page: u64, calls: StoreCalls<'_>) -> Result<(), Failure> {
         let Some(blocks) = flags.missing_blocks(page) else {
             return Ok(());
         };
@@ -228,26 +277,34 @@ impl Engine {
                 .geo
                 .blocks_backing(page + ahead, flags.eof())
                 .end
-                .min(eof_blocks);
-            let missing =
-                crate::store::runs((blocks.start..end.max(blocks.end)).filter(|&b| !flags.is_allocated(b)));
-            if missing
-                .iter()
-                .all(|run| self.allocate(flags, run.clone()).is_ok())
-            {
+                .min(eof_blocks)
+                .max(blocks.end);
+            let mut from = blocks.start;
+            let mut all = true;
+            while let Some(run) = flags.unallocated_run(from..end) {
+                from = run.end;
+                all &= self.allocate_with(flags, run, calls).is_ok();
+            }
+            if all {
                 return Ok(());
             }
             let Some(blocks) = flags.missing_blocks(page) else {
                 return Ok(());
             };
-            return self.allocate(flags, blocks);
+            return self.allocate_with(flags, blocks, calls);
         }
-        self.allocate(flags, blocks)
+        self.allocate_with(flags, blocks, calls)
     }
 
     /// Fills the absent `page` for reading, and up to `ahead` absent pages
     /// after it below EOF with the same store read and the same copy.
-    fn fill_for_read(&self, flags: &mut Flags, page: u64, ahead: u64) -> io::Result<()> {
+    fn fill_for_read(
+        &self,
+        flags: &mut Flags,
+        page: u64,
+        ahead: u64,
+        calls: StoreCalls<'_>,
+    ) -> Result<(), Failure> {
         let count = 1
             + (1..=ahead)
                 .take_while(|&i| {
@@ -262,7 +319,7 @@ impl Engine {
         let mut buf = relock(self.scratch.lock());
         // Every byte is overwritten below: read, or zeroed past EOF.
         buf.resize((count * self.geo.page) as usize, 0);
-        self.read_pages(flags, page, &mut buf)?;
+        self.read_pages(flags, page, &mut buf, calls)?;
         match self.install(page, &buf, false) {
             Ok(()) => {
                 for p in page..page + count {
@@ -272,27 +329,43 @@ impl Engine {
             }
             Err(e) if count > 1 => {
                 // Some page ahead was not what the flags said; drop whatever
-                // went in and fill just the faulting page.
+                // went in and fill just the faulting page (its bytes are
+                // still the first page of the buffer).
                 self.region
                     .discard(self.page_offset(page), buf.len())
                     .map_err(|_| e)?;
-                self.fill(flags, page, false)?;
+                self.install(page, &buf[..self.geo.page as usize], false)?;
                 flags.filled_for_read(page);
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
     pub fn allocate(&self, flags: &mut Flags, blocks: Range<u64>) -> Result<(), Failure> {
-        match self
-            .counters
-            .timed(Timer::StoreAllocate, || self.store.allocate(blocks.clone()))
-        {
+        self.allocate_with(flags, blocks, StoreCalls::Ordinary)
+    }
+
+    fn allocate_with(
+        &self,
+        flags: &mut Flags,
+        blocks: Range<u64>,
+        calls: StoreCalls<'_>,
+    ) -> Result<(), Failure> {
+        let allocated = self.counters.timed(Timer::StoreAllocate, || match calls {
+            StoreCalls::Ordinary => self.store.allocate(blocks.clone()),
+            StoreCalls::InSignal(store) => store
+                .allocate_in_signal(blocks.clone())
+                .map_err(io::Error::from_raw_os_error),
+        });
+        match allocated {
             Ok(()) => {
                 self.counters.add_blocks(blocks.end - blocks.start);
                 flags.mark_allocated(blocks);
                 Ok(())
+            }
+            Err(e) if matches!(calls, StoreCalls::InSignal(_)) => {
+                Err(Failure::HandOff(e.raw_os_error().unwrap_or(libc::EIO)))
             }
             Err(e) => {
                 self.counters.allocation_failed();
@@ -358,20 +431,34 @@ impl Engine {
 
     /// Reads the pages from `page` that `buf` holds, in one store call;
     /// bytes past EOF read as zeros (DESIGN rule 5).
-    fn read_pages(&self, flags: &Flags, page: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_pages(
+        &self,
+        flags: &Flags,
+        page: u64,
+        buf: &mut [u8],
+        calls: StoreCalls<'_>,
+    ) -> Result<(), Failure> {
         let start = page * self.geo.page;
         let visible = flags.eof().saturating_sub(start).min(buf.len() as u64) as usize;
-        self.counters.timed(Timer::StoreRead, || {
-            self.store.read_at(start, &mut buf[..visible])
+        self.counters.timed(Timer::StoreRead, || match calls {
+            StoreCalls::Ordinary => self
+                .store
+                .read_at(start, &mut buf[..visible])
+                .map_err(Failure::Io),
+            StoreCalls::InSignal(store) => store
+                .read_at_in_signal(start, &mut buf[..visible])
+                .map_err(Failure::HandOff),
         })?;
         buf[visible..].fill(0);
         Ok(())
     }
 
-    fn fill(&self, flags: &Flags, page: u64, writable: bool) -> io::Result<()> {
-        let mut buf = vec![0u8; self.geo.page as usize];
-        self.read_pages(flags, page, &mut buf)?;
-        self.install(page, &buf, writable)
+    /// Fills the absent `page` from the store, through the scratch buffer.
+    fn fill(&self, flags: &Flags, page: u64, writable: bool, calls: StoreCalls<'_>) -> Result<(), Failure> {
+        let mut buf = relock(self.scratch.lock());
+        buf.resize(self.geo.page as usize, 0);
+        self.read_pages(flags, page, &mut buf, calls)?;
+        Ok(self.install(page, &buf, writable)?)
     }
 
     /// Places `data` in the absent `page` and wakes its waiters.
@@ -467,7 +554,8 @@ impl Engine {
         // Read after the copy: the page may have turned out to be gone.
         let was = flags.residency(page);
         if was == Residency::Absent {
-            self.read_pages(flags, page, &mut buf)?;
+            self.read_pages(flags, page, &mut buf, StoreCalls::Ordinary)
+                .map_err(Failure::into_io)?;
         }
         edit(&mut buf);
         let dirty = dirty || flags.is_dirty(page);
@@ -492,6 +580,7 @@ impl Engine {
     }
 
     pub fn set_handler_failure(&self, why: String) {
+        self.failed.store(true, Ordering::SeqCst);
         *relock(self.handler_failure.lock()) = Some(why);
     }
 

@@ -128,13 +128,15 @@ fn outcome(len: usize, out: guard::Outcome) -> Result<(), AccessFault> {
     let (signal, code, errno) = guard::unpack(out.cause);
     let cause = match (signal, code, errno) {
         (libc::SIGSEGV, _, _) => FaultCause::Denied,
-        // mkwrite's own SIGBUS says why in si_errno (see `OnFull::Sigbus`).
-        (_, libc::SI_QUEUE, libc::ENOSPC) => FaultCause::NoSpace,
-        (_, libc::SI_QUEUE, libc::EDQUOT) => FaultCause::Quota,
-        (_, libc::SI_QUEUE, libc::EFAULT) => FaultCause::PastEof,
-        (_, libc::SI_QUEUE, e) => FaultCause::Io(e),
-        // The kernel's: a poisoned page past EOF (or a mapped file's end).
-        (_, libc::BUS_ADRERR, _) => FaultCause::PastEof,
+        // mkwrite's own SIGBUS says why in si_errno (see `OnFull::Sigbus`):
+        // queued by the handler thread, or the kernel's own for a fault the
+        // faulting thread failed itself (in-thread delivery).
+        (_, libc::SI_QUEUE | libc::BUS_ADRERR, libc::ENOSPC) => FaultCause::NoSpace,
+        (_, libc::SI_QUEUE | libc::BUS_ADRERR, libc::EDQUOT) => FaultCause::Quota,
+        (_, libc::SI_QUEUE | libc::BUS_ADRERR, libc::EFAULT) => FaultCause::PastEof,
+        // The kernel's, unexplained: a poisoned page past EOF (or a mapped file's end).
+        (_, libc::BUS_ADRERR, 0) => FaultCause::PastEof,
+        (_, libc::SI_QUEUE | libc::BUS_ADRERR, e) => FaultCause::Io(e),
         _ => FaultCause::Io(libc::EIO),
     };
     Err(AccessFault {

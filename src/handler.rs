@@ -7,6 +7,11 @@
 //! mapping is marked failed, so every later fault fails and every later call
 //! returns [`Error::HandlerFailed`](crate::Error::HandlerFailed). A thread
 //! left waiting on a fault nobody reads would hang forever.
+//!
+//! It also serves the faults a faulting thread's signal handler hands it
+//! (in-thread delivery, see `in_thread.rs`): they arrive through the
+//! hand-off slots with the doorbell, go through the same resolver and
+//! policy, and are answered through their slot instead of by a wake-up.
 
 use std::any::Any;
 use std::io;
@@ -27,13 +32,25 @@ const RETRY_FIRST: Duration = Duration::from_millis(1);
 const RETRY_MAX: Duration = Duration::from_millis(100);
 
 pub(crate) fn spawn(engine: Arc<Engine>) -> io::Result<JoinHandle<()>> {
+    engine.handoffs.reopen();
     thread::Builder::new()
         .name("mkwrite-faults".into())
         .spawn(move || {
+            let _closing = CloseHandoffs(&engine);
             if let Err(e) = run(&engine) {
                 engine.set_handler_failure(e.to_string());
             }
         })
+}
+
+/// However the thread ends, faults handed to it and not yet taken fail
+/// (`EIO`) and no more can be handed over: nobody would answer them.
+struct CloseHandoffs<'a>(&'a Engine);
+
+impl Drop for CloseHandoffs<'_> {
+    fn drop(&mut self) {
+        self.0.handoffs.close(libc::EIO);
+    }
 }
 
 /// Reports of one parked fault within [`SPIN_WINDOW`] that mean its thread
@@ -140,6 +157,14 @@ fn run(engine: &Engine) -> io::Result<()> {
             for (f, _, _) in std::mem::take(&mut waiting.parked) {
                 handle(engine, f, 0, &mut waiting);
             }
+            let mut posted = Vec::new();
+            engine
+                .handoffs
+                .take_posted(|slot, p| posted.push(handed_off(slot, p)));
+            for f in posted {
+                engine.counters.handed_off();
+                handle(engine, f, 0, &mut waiting);
+            }
         }
         if ready.faults {
             faults.clear();
@@ -165,6 +190,19 @@ fn run(engine: &Engine) -> io::Result<()> {
     }
 }
 
+/// A fault a signal handler handed over, as the resolver takes it. It may
+/// be a write-protect fault or a missing one; the resolver finds out (it
+/// reconciles every handed-off fault with what is in memory).
+fn handed_off(slot: usize, posted: crate::handoff::Posted) -> Fault {
+    Fault {
+        address: posted.address,
+        write: posted.write,
+        write_protect: false,
+        thread: posted.thread,
+        slot: Some(slot),
+    }
+}
+
 /// Resolves one fault, catching any panic on the way.
 fn handle(engine: &Engine, fault: Fault, attempt: u32, waiting: &mut Waiting) {
     let started = Instant::now();
@@ -174,7 +212,11 @@ fn handle(engine: &Engine, fault: Fault, attempt: u32, waiting: &mut Waiting) {
     }
     let outcome = catch_unwind(AssertUnwindSafe(|| resolve(engine, &fault)));
     match outcome {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => {
+            if let Some(slot) = fault.slot {
+                engine.handoffs.answer(slot, 0);
+            }
+        }
         Ok(Err(Failure::Full(error))) => {
             let (offset, _, _) = locate(engine, &fault);
             let full = FullFault {
@@ -211,7 +253,7 @@ fn resolve(engine: &Engine, fault: &Fault) -> Result<(), Failure> {
         // forever and the thread would refault in a loop.
         engine.reconcile(&mut flags, page)?;
     }
-    if engine.resolve(&mut flags, page, access)? == Resolved::AlreadyReady {
+    if engine.resolve(&mut flags, page, access)? == Resolved::AlreadyReady && fault.slot.is_none() {
         // Someone else resolved the page first; the faulting thread waits.
         engine.wake(page)?;
     }
@@ -252,8 +294,17 @@ fn refuse(engine: &Engine, fault: &Fault, why: Failure) {
         Failure::PastEof => format!("access at {offset} is past the end of the file"),
         Failure::Full(e) => format!("write at {offset}: {e}"),
         Failure::Io(e) => format!("fault at {offset}: {e}"),
+        Failure::HandOff(errno) => format!("fault at {offset}: {}", io::Error::from_raw_os_error(*errno)),
     };
     engine.record_fault_error(message);
+    if let Some(slot) = fault.slot {
+        // The thread waits in its signal handler, in user mode: it fails
+        // the access itself (SIGBUS with this errno); past EOF needs no
+        // poison (a system call meets no fault there in this mode, only EFAULT).
+        engine.counters.sigbus();
+        engine.handoffs.answer(slot, errno(&why));
+        return;
+    }
     let mut flags = engine.lock_flags();
     let past_eof = matches!(why, Failure::PastEof);
     let outcome = if past_eof && !flags.past_eof(page) {
@@ -300,5 +351,6 @@ fn errno(why: &Failure) -> libc::c_int {
         Failure::Full(crate::Error::Quota(_)) => libc::EDQUOT,
         Failure::Full(_) => libc::ENOSPC,
         Failure::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        Failure::HandOff(errno) => *errno,
     }
 }

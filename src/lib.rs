@@ -84,8 +84,10 @@
 //!   instead of faulting it in: make such a range resident first with
 //!   [`Mapping::populate`] (for reading, or for writing, which allocates).
 //!
-//! Unsafe code lives in the `sys` module (the kernel calls) and in the two
-//! slice accessors of [`Mapping`], whose soundness rests on their `&mut self`.
+//! Unsafe code lives in the `sys` module (the kernel calls), in the two
+//! slice accessors of [`Mapping`], whose soundness rests on their `&mut self`,
+//! in the registry the fault signal handler reads (raw pointers guarded by a
+//! loom-checked protocol), and in the [`store::SignalSafe`] contract.
 
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -106,13 +108,20 @@ mod geometry;
 pub mod guarded;
 pub mod guide;
 mod handler;
+mod handoff;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // registers an engine's address with the registry
+mod in_thread;
 mod mapping;
 mod options;
 mod raw;
+#[allow(unsafe_code)] // raw pointers read by a signal handler; see its module docs
+mod registry;
 mod regrow;
 mod resize;
 mod stats;
 pub mod store;
+mod sync;
 #[allow(unsafe_code)]
 mod sys;
 
@@ -120,7 +129,7 @@ pub use ahead::Advice;
 pub use error::{Error, PartialError, Result};
 pub use geometry::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
 pub use mapping::Mapping;
-pub use options::{DEFAULT_CAPACITY, FullAction, FullFault, MappingOptions, OnFull};
+pub use options::{DEFAULT_CAPACITY, Delivery, FullAction, FullFault, MappingOptions, OnFull};
 pub use raw::RawMemory;
 pub use stats::Stats;
 pub use store::{FileStore, MemStore, NbdOptions, NbdStore, QuotaStore, Store};

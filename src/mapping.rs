@@ -11,7 +11,8 @@ use crate::engine::Engine;
 use crate::error::{Error, PartialError, Result};
 use crate::flags::Flags;
 use crate::geometry::{Geometry, check_block_size};
-use crate::options::{DEFAULT_CAPACITY, MappingOptions};
+use crate::handoff::Handoffs;
+use crate::options::{DEFAULT_CAPACITY, Delivery, MappingOptions};
 use crate::raw::RawMemory;
 use crate::stats::{Counters, Stats};
 use crate::store::Store;
@@ -70,6 +71,9 @@ use crate::sys::{self, Doorbell, Region, Uffd, UffdOrigin};
 #[doc(alias = "mmap")]
 #[derive(Debug)]
 pub struct Mapping {
+    /// The signal handler's entry for this mapping (in-thread delivery);
+    /// declared first so it goes before the engine it points to.
+    in_thread: Option<Registration>,
     engine: Arc<Engine>,
     handler: Option<JoinHandle<()>>,
     /// Flushes started by [`flush_async`](Self::flush_async), not yet waited for.
@@ -132,12 +136,24 @@ impl Mapping {
         let geo = Geometry::new(sys::page_size(), block, capacity).ok_or_else(too_large)?;
         let size = usize::try_from(geo.capacity).map_err(|_| too_large())?;
         let allocated = store.allocated()?;
-        let uffd = Uffd::open(opts.uffd_fallback)?;
+        let in_thread = opts.delivery == Delivery::InThread;
+        let uffd = Uffd::open(opts.uffd_fallback, in_thread)?;
         let region = Region::reserve(size, opts.read_only).map_err(|source| match source.raw_os_error() {
             Some(libc::ENOMEM) => Error::CapacityUnavailable { capacity, source },
             _ => Error::Io(source),
         })?;
+        if in_thread && !region.probes_without_faulting() {
+            return Err(Error::MissingFeature(
+                "/proc/self/mem, which in-thread delivery reads memory through",
+            ));
+        }
         uffd.register(region.base(), region.len() as u64, opts.read_only)?;
+        // A signal handler may fill pages through the scratch buffer, and
+        // must not allocate: give it its largest size now.
+        let scratch = match in_thread {
+            true => Vec::with_capacity(crate::ahead::MAX_FILL_PAGES as usize * geo.page as usize),
+            false => Vec::new(),
+        };
         let engine = Arc::new(Engine {
             region,
             uffd,
@@ -149,7 +165,7 @@ impl Mapping {
             owner: sys::process_id(),
             read_only: opts.read_only,
             streams: Mutex::default(),
-            scratch: Mutex::default(),
+            scratch: Mutex::new(scratch),
             layout: RwLock::new(()),
             flush_lock: Mutex::new(()),
             counters: Counters::default(),
@@ -157,14 +173,34 @@ impl Mapping {
             doorbell: Doorbell::new()?,
             stopping: AtomicBool::new(false),
             handler_failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            handoffs: Handoffs::default(),
             last_fault_error: Mutex::new(None),
         });
         let handler = crate::handler::spawn(Arc::clone(&engine))?;
-        Ok(Mapping {
+        let mut map = Mapping {
+            in_thread: None,
             engine,
             handler: Some(handler),
             async_flushes: Mutex::default(),
-        })
+        };
+        map.in_thread = register(&map.engine, opts.delivery)?;
+        Ok(map)
+    }
+
+    /// How this mapping's faults are delivered (see [`Delivery`]).
+    ///
+    /// ```
+    /// # use mkwrite::{Delivery, MappingOptions, MemStore};
+    /// let map = MappingOptions::new().map_store(MemStore::new(4096, 16)?)?;
+    /// assert_eq!(map.delivery(), Delivery::HandlerThread);
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
+    pub fn delivery(&self) -> Delivery {
+        match self.engine.uffd.raises_sigbus() {
+            true => Delivery::InThread,
+            false => Delivery::HandlerThread,
+        }
     }
 
     /// The file's length (EOF).
@@ -973,6 +1009,9 @@ impl Mapping {
             let _ = self.stop_handler(handler);
         }
         self.engine.stopping.store(false, Ordering::SeqCst);
+        let delivery = self.delivery();
+        // No signal handler may read the engine while it changes.
+        drop(self.in_thread.take());
         let regrown = match Arc::get_mut(&mut self.engine) {
             Some(engine) => engine.regrow(capacity),
             None => Err(Error::HandlerFailed(
@@ -980,6 +1019,7 @@ impl Mapping {
             )),
         };
         self.handler = Some(crate::handler::spawn(Arc::clone(&self.engine))?);
+        self.in_thread = register(&self.engine, delivery)?;
         regrown
     }
 
@@ -1022,6 +1062,8 @@ impl Mapping {
             .engine
             .uffd
             .unregister(self.engine.region.base(), self.engine.region.len() as u64);
+        // Waits out any signal handler still inside the engine.
+        drop(self.in_thread.take());
         flushed?;
         if joined.is_err() {
             return Err(Error::HandlerFailed("the handler thread panicked".into()));
@@ -1038,11 +1080,28 @@ impl Drop for Mapping {
             // here (unmapping its address range could hit the child's own
             // mappings there), so leak one reference to it and the handle.
             std::mem::forget(self.handler.take());
+            std::mem::forget(self.in_thread.take());
             std::mem::forget(Arc::clone(&self.engine));
             return;
         }
         // Best effort: a caller who needs the flush's error calls `close`.
         let _ = self.teardown();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+type Registration = crate::in_thread::Registration;
+#[cfg(not(target_arch = "x86_64"))]
+type Registration = ();
+
+/// Registers `engine` with the signal handler if its faults are delivered in-thread.
+fn register(engine: &Arc<Engine>, delivery: Delivery) -> Result<Option<Registration>> {
+    match delivery {
+        Delivery::HandlerThread => Ok(None),
+        #[cfg(target_arch = "x86_64")]
+        Delivery::InThread => crate::in_thread::register(engine).map(Some),
+        #[cfg(not(target_arch = "x86_64"))]
+        Delivery::InThread => Err(Error::MissingFeature("in-thread delivery (x86-64 only)")),
     }
 }
 

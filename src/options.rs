@@ -206,6 +206,41 @@ impl fmt::Debug for OnFull {
     }
 }
 
+/// How a mapping's faults reach the code that resolves them; see
+/// [`MappingOptions::delivery`](crate::MappingOptions::delivery).
+///
+/// ```
+/// use mkwrite::{Delivery, MappingOptions};
+/// # let dir = tempfile::tempdir()?;
+/// let map = MappingOptions::new()
+///     .delivery(Delivery::InThread)
+///     .create(true)
+///     .open(dir.path().join("data.db"))?;
+/// map.set_len(4096)?;
+/// // SAFETY: inside the file, and no reference to these bytes is alive.
+/// unsafe { map.as_ptr().write(7) }; // resolved in this thread's SIGBUS handler
+/// assert_eq!(map.stats().faults_in_thread, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// A thread of the mapping reads fault messages from the userfaultfd
+    /// and resolves them; the faulting thread sleeps meanwhile (two
+    /// wake-ups a fault). System calls on unprepared pages (`read(2)`
+    /// into the mapping) work: they wait for the fault like a thread does.
+    #[default]
+    HandlerThread,
+    /// The faulting thread resolves its own fault in a SIGBUS handler
+    /// (x86-64). About ten times faster a fault; but a system call that
+    /// touches a missing or write-protected page fails with `EFAULT`, so
+    /// [`Mapping::populate`](crate::Mapping::populate) a range before handing
+    /// it to `read(2)`, `pwrite(2)` or `O_DIRECT`. Needs `/proc/self/mem`.
+    /// Over a store without [`signal_safe`](crate::Store::signal_safe)
+    /// calls every fault is handed to the service thread.
+    InThread,
+}
+
 /// Default capacity when none is given: room to grow without remapping.
 /// A file longer than it gets its own length.
 ///
@@ -243,6 +278,7 @@ pub struct MappingOptions {
     /// The window: where in the file the mapping starts, and how far it reaches.
     pub(crate) offset: u64,
     pub(crate) len: Option<u64>,
+    pub(crate) delivery: Delivery,
 }
 
 impl Default for MappingOptions {
@@ -256,6 +292,7 @@ impl Default for MappingOptions {
             read_only: false,
             offset: 0,
             len: None,
+            delivery: Delivery::default(),
         }
     }
 }
@@ -319,6 +356,24 @@ impl MappingOptions {
     /// ```
     pub fn on_full(&mut self, policy: OnFull) -> &mut Self {
         self.on_full = policy;
+        self
+    }
+
+    /// How faults reach the code that resolves them (see [`Delivery`]): a
+    /// handler thread (the default: every system call on the mapping works
+    /// as with the kernel's `mmap`), or the faulting thread itself (about
+    /// ten times faster a fault; system calls need
+    /// [`populate`](Mapping::populate) first).
+    ///
+    /// ```
+    /// use mkwrite::{Delivery, MappingOptions};
+    /// # let dir = tempfile::tempdir()?;
+    /// let map = MappingOptions::new().delivery(Delivery::InThread).create(true).open(dir.path().join("f"))?;
+    /// assert_eq!(map.delivery(), Delivery::InThread);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn delivery(&mut self, delivery: Delivery) -> &mut Self {
+        self.delivery = delivery;
         self
     }
 

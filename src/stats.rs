@@ -77,6 +77,12 @@ pub struct Stats {
     pub store_sync_time: Duration,
     /// Time in userfaultfd ioctls (copy, write-protect, wake, poison).
     pub ioctl_time: Duration,
+    /// Faults resolved in the faulting thread's own signal handler
+    /// ([`Delivery::InThread`](crate::Delivery::InThread)).
+    pub faults_in_thread: u64,
+    /// Faults the faulting thread's signal handler handed to the service
+    /// thread (a store that is not signal-safe, a full store, a failure).
+    pub faults_handed_off: u64,
 }
 
 /// What a timed section was doing, for [`Counters::timed`].
@@ -106,6 +112,8 @@ pub(crate) struct Counters {
     bytes_flushed: AtomicU64,
     handler_nanos: AtomicU64,
     allocate_calls: AtomicU64,
+    in_thread: AtomicU64,
+    handed_off: AtomicU64,
     /// Nanoseconds per [`Timer`], in its order.
     timers: [AtomicU64; 5],
 }
@@ -122,6 +130,14 @@ impl Counters {
             (false, false) => &self.missing_read,
         };
         bump(c, 1);
+    }
+
+    pub fn in_thread(&self) {
+        bump(&self.in_thread, 1);
+    }
+
+    pub fn handed_off(&self) {
+        bump(&self.handed_off, 1);
     }
 
     pub fn prepared(&self) {
@@ -195,6 +211,8 @@ impl Counters {
         stats.bytes_flushed = get(&self.bytes_flushed);
         stats.handler_time = Duration::from_nanos(get(&self.handler_nanos));
         stats.allocate_calls = get(&self.allocate_calls);
+        stats.faults_in_thread = get(&self.in_thread);
+        stats.faults_handed_off = get(&self.handed_off);
         let time = |t: Timer| Duration::from_nanos(get(&self.timers[t as usize]));
         stats.store_read_time = time(Timer::StoreRead);
         stats.store_allocate_time = time(Timer::StoreAllocate);

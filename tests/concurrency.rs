@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use common::{BLOCK_SIZES, Mount, read_file};
-use mkwrite::{FileStore, Mapping, MappingOptions, Store};
+use mkwrite::{Delivery, FileStore, Mapping, MappingOptions, Store};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 const THREADS: usize = 8;
@@ -76,13 +76,26 @@ fn round(map: &Mapping, model: &mut [u8], round: u8, rng: &mut StdRng) {
 
 #[test]
 fn eight_threads_with_flushes_and_set_len_match_the_model() {
+    eight_threads_with_flushes_and_set_len_match_the_model_with(Delivery::HandlerThread);
+}
+
+#[test]
+fn eight_threads_with_flushes_and_set_len_match_the_model_in_thread() {
+    eight_threads_with_flushes_and_set_len_match_the_model_with(Delivery::InThread);
+}
+
+fn eight_threads_with_flushes_and_set_len_match_the_model_with(delivery: Delivery) {
     let fs = Mount::tmpfs(64 << 20);
     let full = THREADS * SLOT + SHARED;
     for (i, block) in BLOCK_SIZES.into_iter().enumerate() {
         let path = fs.path(&format!("conc{block}"));
         let store = FileStore::create(&path).unwrap().with_block_size(block).unwrap();
         store.set_len(full as u64).unwrap();
-        let map = MappingOptions::new().capacity(4 << 20).map_store(store).unwrap();
+        let map = MappingOptions::new()
+            .delivery(delivery)
+            .capacity(4 << 20)
+            .map_store(store)
+            .unwrap();
         let mut model = vec![0u8; full];
         let mut rng = StdRng::seed_from_u64(0x5EED + i as u64);
         for r in 0..6u8 {
@@ -113,13 +126,26 @@ fn eight_threads_with_flushes_and_set_len_match_the_model() {
 
 #[test]
 fn several_mappings_fault_at_once() {
+    several_mappings_fault_at_once_with(Delivery::HandlerThread);
+}
+
+#[test]
+fn several_mappings_fault_at_once_in_thread() {
+    several_mappings_fault_at_once_with(Delivery::InThread);
+}
+
+fn several_mappings_fault_at_once_with(delivery: Delivery) {
     let fs = Mount::tmpfs(64 << 20);
     let maps: Vec<(std::path::PathBuf, Arc<Mapping>)> = (0..4)
         .map(|i| {
             let path = fs.path(&format!("m{i}"));
             let store = FileStore::create(&path).unwrap().with_block_size(1024).unwrap();
             store.set_len(1 << 20).unwrap();
-            let map = MappingOptions::new().capacity(1 << 20).map_store(store).unwrap();
+            let map = MappingOptions::new()
+                .delivery(delivery)
+                .capacity(1 << 20)
+                .map_store(store)
+                .unwrap();
             (path, Arc::new(map))
         })
         .collect();
@@ -149,6 +175,15 @@ fn several_mappings_fault_at_once() {
 
 #[test]
 fn writes_racing_set_len_all_reach_the_file() {
+    writes_racing_set_len_all_reach_the_file_with(Delivery::HandlerThread);
+}
+
+#[test]
+fn writes_racing_set_len_all_reach_the_file_in_thread() {
+    writes_racing_set_len_all_reach_the_file_with(Delivery::InThread);
+}
+
+fn writes_racing_set_len_all_reach_the_file_with(delivery: Delivery) {
     // A writer hammers the EOF page while EOF moves between 1000 and 5000: every
     // byte it lands below EOF must have a block, so after a flush memory and
     // file agree (a write between zeroing and re-protecting would be lost).
@@ -157,7 +192,11 @@ fn writes_racing_set_len_all_reach_the_file() {
         let path = fs.path(&format!("race{block}"));
         let store = FileStore::create(&path).unwrap().with_block_size(block).unwrap();
         store.set_len(5000).unwrap();
-        let map = MappingOptions::new().capacity(1 << 20).map_store(store).unwrap();
+        let map = MappingOptions::new()
+            .delivery(delivery)
+            .capacity(1 << 20)
+            .map_store(store)
+            .unwrap();
         let stop = std::sync::atomic::AtomicBool::new(false);
         thread::scope(|s| {
             s.spawn(|| {

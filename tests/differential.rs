@@ -12,6 +12,7 @@ mod fsx;
 use common::{BLOCK_SIZES, Mount};
 use fsx::campaign;
 use fsx::twin::{Setup, Tally, kernel_keeps_tail};
+use mkwrite::Delivery;
 
 /// The CI slice: ops per filesystem and block size (3 x 5 x 7,000 = 105,000).
 const SLICE_OPS: u64 = 7_000;
@@ -28,12 +29,19 @@ fn mount(fs: &str) -> Mount {
 
 /// Runs `ops` per block size on a fresh mount of `fs` and prints what was checked.
 fn differential(fs: &'static str, seed: u64, ops: u64) -> Tally {
-    differential_at(fs, &BLOCK_SIZES, false, seed, ops)
+    differential_at(fs, &BLOCK_SIZES, false, Delivery::HandlerThread, seed, ops)
 }
 
 /// [`differential`] at `blocks`, every write and read through `poke`/`peek`'s
-/// machinery when `guarded`.
-fn differential_at(fs: &'static str, blocks: &[u64], guarded: bool, seed: u64, ops: u64) -> Tally {
+/// machinery when `guarded`, faults delivered by `delivery`.
+fn differential_at(
+    fs: &'static str,
+    blocks: &[u64],
+    guarded: bool,
+    delivery: Delivery,
+    seed: u64,
+    ops: u64,
+) -> Tally {
     let mount = mount(fs);
     let keeps_tail = kernel_keeps_tail(mount.dir.path());
     let mut total = Tally::default();
@@ -44,19 +52,28 @@ fn differential_at(fs: &'static str, blocks: &[u64], guarded: bool, seed: u64, o
             block,
             kernel_keeps_tail: keeps_tail,
             guarded,
+            delivery,
         };
         total += campaign(&setup, seed, ops);
     }
     println!(
-        "{fs}{}: {} ops, {} reads and {} file pairs compared; kernel keeps a polluted tail: {keeps_tail} \
+        "{fs}{}{}: {} ops, {} reads and {} file pairs compared; kernel keeps a polluted tail: {keeps_tail} \
          ({} bytes judged by the shadow alone)",
         if guarded { " through poke/peek" } else { "" },
+        if delivery == Delivery::InThread {
+            ", faults in-thread"
+        } else {
+            ""
+        },
         total.ops,
         total.reads,
         total.file_compares,
         total.kernel_unjudged
     );
     assert!(total.ops >= ops * blocks.len() as u64);
+    if delivery == Delivery::InThread {
+        assert!(total.faults_in_thread > 0, "no fault was resolved in-thread");
+    }
     total
 }
 
@@ -83,7 +100,42 @@ fn ext4_1k_through_poke_and_peek_agrees_with_the_kernel() {
         "ext4-1k",
         &[512, 1024, 4096],
         true,
+        Delivery::HandlerThread,
         SLICE_SEED ^ 0x706f6b65,
+        SLICE_OPS,
+    );
+}
+
+/// Faults resolved in the faulting thread: the checked calls, and every
+/// write and read through plain stores and loads.
+#[test]
+fn ext4_1k_in_thread_agrees_with_the_kernel() {
+    differential_at(
+        "ext4-1k",
+        &BLOCK_SIZES,
+        false,
+        Delivery::InThread,
+        SLICE_SEED ^ 0x696e,
+        SLICE_OPS,
+    );
+    differential_at(
+        "ext4-1k",
+        &[512, 1024, 4096],
+        true,
+        Delivery::InThread,
+        SLICE_SEED ^ 0x696e706f,
+        SLICE_OPS,
+    );
+}
+
+#[test]
+fn tmpfs_in_thread_agrees_with_the_kernel() {
+    differential_at(
+        "tmpfs",
+        &BLOCK_SIZES,
+        false,
+        Delivery::InThread,
+        SLICE_SEED ^ 0x74,
         SLICE_OPS,
     );
 }
@@ -123,7 +175,27 @@ fn long_ext4_4k() {
 #[test]
 #[ignore = "long run: MKWRITE_FSX_OPS ops (default 1,000,000)"]
 fn long_ext4_1k_through_poke_and_peek() {
-    differential_at("ext4-1k", &BLOCK_SIZES, true, long_seed(), long_ops());
+    differential_at(
+        "ext4-1k",
+        &BLOCK_SIZES,
+        true,
+        Delivery::HandlerThread,
+        long_seed(),
+        long_ops(),
+    );
+}
+
+#[test]
+#[ignore = "long run: MKWRITE_FSX_OPS ops (default 1,000,000)"]
+fn long_ext4_1k_in_thread_through_poke_and_peek() {
+    differential_at(
+        "ext4-1k",
+        &BLOCK_SIZES,
+        true,
+        Delivery::InThread,
+        long_seed(),
+        long_ops(),
+    );
 }
 
 /// Replays a log that a failure wrote: `MKWRITE_FSX_REPLAY=path`.
@@ -136,16 +208,10 @@ fn replay() {
         return;
     };
     let (label, block, ops) = fsx::read_log(path.as_ref());
-    let guarded = label.ends_with("+poke");
-    let fs: &'static str = Box::leak(label.trim_end_matches("+poke").to_owned().into_boxed_str());
-    let mount = mount(fs);
-    let setup = Setup {
-        dir: mount.dir.path().to_owned(),
-        fs,
-        block,
-        kernel_keeps_tail: kernel_keeps_tail(mount.dir.path()),
-        guarded,
-    };
+    let fs = label.split('+').next().unwrap_or(&label).to_owned();
+    let mount = mount(&fs);
+    let keeps_tail = kernel_keeps_tail(mount.dir.path());
+    let setup = Setup::from_label(&label, mount.dir.path().to_owned(), block, keeps_tail);
     for (at, op) in ops.iter().enumerate() {
         println!("{at:4} {op}");
     }

@@ -9,36 +9,17 @@
 mod common;
 
 use std::io;
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Mount, read_file};
+use common::bounded::{Case, End, Setup, dir};
+use common::read_file;
 use mkwrite::{Error, FileStore, FullAction, Mapping, MappingOptions, MemStore, OnFull, Store};
 
-const CHILD: &str = "MKWRITE_ORDINARY_CHILD";
-const DIR: &str = "MKWRITE_ORDINARY_DIR";
-const LIMIT: Duration = Duration::from_secs(30);
 const PAGE: usize = 4096;
-
-/// How a case's child must end.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum End {
-    Exit(i32),
-    Signal(i32),
-}
-
-type Case = (&'static str, fn(), End, Setup);
-
-#[derive(Clone, Copy, PartialEq)]
-enum Setup {
-    None,
-    /// A size-limited tmpfs directory in `MKWRITE_ORDINARY_DIR`.
-    Tmpfs,
-}
 
 const CASES: &[Case] = &[
     (
@@ -194,77 +175,10 @@ const CASES: &[Case] = &[
 ];
 
 fn main() {
-    if let Ok(case) = std::env::var(CHILD) {
-        let (_, run, _, _) = CASES.iter().find(|c| c.0 == case).expect("known case");
-        run();
-        std::process::exit(0);
-    }
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let mut failed = 0;
-    let mut ran = 0;
-    for &(name, _, end, setup) in CASES {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        ran += 1;
-        match run_bounded(name, end, setup) {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(why) => {
-                println!("test {name} ... FAILED\n{why}");
-                failed += 1;
-            }
-        }
-    }
-    println!("{} passed, {failed} failed", ran - failed);
-    std::process::exit(if failed == 0 { 0 } else { 1 });
-}
-
-/// Runs one case in a child, killed after [`LIMIT`].
-fn run_bounded(name: &str, end: End, setup: Setup) -> Result<(), String> {
-    let mount = (setup == Setup::Tmpfs).then(|| Mount::tmpfs(64 << 20));
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env(CHILD, name).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if let Some(m) = &mount {
-        cmd.env(DIR, m.dir.path());
-    }
-    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break status;
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            let out = child.wait_with_output().map_err(|e| e.to_string())?;
-            return Err(format!(
-                "HUNG: killed after {LIMIT:?}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let got = match (status.code(), status.signal()) {
-        (Some(c), _) => End::Exit(c),
-        (_, Some(s)) => End::Signal(s),
-        _ => unreachable!("a child either exits or is killed"),
-    };
-    if got == end {
-        Ok(())
-    } else {
-        Err(format!(
-            "expected {end:?}, got {got:?}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    common::bounded::run_cases(CASES);
 }
 
 // ---------------------------------------------------------------- helpers
-
-fn dir() -> std::path::PathBuf {
-    std::env::var(DIR).expect("case needs Setup::Tmpfs").into()
-}
 
 /// A file of `pages` pages, 1 KiB blocks, in the case's tmpfs.
 fn file_mapping(name: &str, pages: usize) -> (std::path::PathBuf, Mapping) {

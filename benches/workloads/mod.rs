@@ -14,15 +14,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mkwrite::{Mapping, MappingOptions, NbdOptions, Stats, Store};
+use mkwrite::{Delivery, Mapping, MappingOptions, NbdOptions, Stats, Store};
 
 pub const PAGE: usize = 4096;
 
 /// Who runs a workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subject {
-    /// mkwrite over a `FileStore` with this block size.
-    Mkwrite { block: u64 },
+    /// mkwrite over a `FileStore` with this block size, its faults
+    /// resolved in the faulting thread when `in_thread`.
+    Mkwrite { block: u64, in_thread: bool },
     /// The kernel's `mmap(MAP_SHARED)` of the file.
     Kernel,
 }
@@ -38,8 +39,13 @@ impl Mapped {
     /// Maps the file at `path` (created if missing), with room for `capacity` bytes.
     pub fn open(subject: Subject, path: &Path, capacity: u64) -> Mapped {
         match subject {
-            Subject::Mkwrite { block } => {
+            Subject::Mkwrite { block, in_thread } => {
+                let delivery = match in_thread {
+                    true => Delivery::InThread,
+                    false => Delivery::HandlerThread,
+                };
                 let map = MappingOptions::new()
+                    .delivery(delivery)
                     .capacity(capacity)
                     .block_size(block)
                     .create(true)
@@ -249,7 +255,7 @@ impl Run {
 /// The file a subject works on in `dir`.
 pub fn file_of(dir: &Path, subject: Subject) -> PathBuf {
     match subject {
-        Subject::Mkwrite { block } => dir.join(format!("mkwrite-{block}.dat")),
+        Subject::Mkwrite { block, .. } => dir.join(format!("mkwrite-{block}.dat")),
         Subject::Kernel => dir.join("kernel.dat"),
     }
 }

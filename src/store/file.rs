@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::Store;
+use super::{SignalSafe, Store};
 use crate::error::{Error, LengthChanged, Result};
 use crate::geometry::check_block_size;
 use crate::sys;
@@ -283,6 +283,10 @@ impl Store for FileStore {
         self.file.write_all_at(&data[..visible], offset)
     }
 
+    fn signal_safe(&self) -> Option<&dyn SignalSafe> {
+        Some(self)
+    }
+
     fn allocate(&self, blocks: Range<u64>) -> io::Result<()> {
         if blocks.is_empty() {
             return Ok(());
@@ -351,5 +355,22 @@ impl Store for FileStore {
             }
         }
         Ok(out)
+    }
+}
+
+// SAFETY: `pread(2)` and `fallocate(2)` on the store's own descriptor, no
+// allocation (errors are errnos), no lock; the length is an atomic load.
+#[allow(unsafe_code)]
+unsafe impl SignalSafe for FileStore {
+    fn read_at_in_signal(&self, offset: u64, buf: &mut [u8]) -> Result<(), i32> {
+        sys::read_exact_at_raw(&self.file, offset, buf)
+    }
+
+    fn allocate_in_signal(&self, blocks: Range<u64>) -> Result<(), i32> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let (offset, len) = self.bytes(&blocks);
+        sys::allocate_raw(&self.file, offset, len)
     }
 }

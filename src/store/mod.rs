@@ -269,6 +269,61 @@ pub trait Store: Send + Sync {
     /// The medium's errors (`lseek` with `SEEK_DATA`, a block status query).
     #[doc(alias = "SEEK_DATA")]
     fn allocated(&self) -> io::Result<Vec<Range<u64>>>;
+
+    /// The calls a fault needs in a form a signal handler may make, if this
+    /// store has one; `None` (the default) if not. A mapping opened with
+    /// [`Delivery::InThread`](crate::Delivery::InThread) resolves faults in
+    /// the faulting thread's SIGBUS handler only over a store that answers
+    /// here; any other store's faults are handed to the mapping's service
+    /// thread (correct, at the cost of a round trip). [`FileStore`] answers.
+    ///
+    /// ```
+    /// use mkwrite::{FileStore, MemStore, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// assert!(MemStore::new(4096, 8)?.signal_safe().is_none()); // it allocates and locks
+    /// assert!(FileStore::create(dir.path().join("f"))?.signal_safe().is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn signal_safe(&self) -> Option<&dyn SignalSafe> {
+        None
+    }
+}
+
+/// A store's reads and allocations as a signal handler may call them.
+///
+/// Errors are plain errnos, and any error sends the fault to the mapping's
+/// service thread, which calls [`Store::read_at`] or [`Store::allocate`]
+/// again for the full error and the mapping's [`OnFull`](crate::OnFull) policy.
+///
+/// # Safety
+///
+/// Both methods must be async-signal-safe: they run inside a SIGBUS handler,
+/// interrupting a thread at an access to the mapping's memory. They may make
+/// system calls on POSIX's async-signal-safe list (`pread`, `fallocate`, ...);
+/// they must not allocate, take a lock that any thread may hold while it
+/// touches a mapping's memory, or touch a mapping's memory themselves; and
+/// they must not panic.
+///
+/// ```
+/// use mkwrite::{FileStore, Store};
+/// # let dir = tempfile::tempdir()?;
+/// let store = FileStore::create(dir.path().join("f"))?;
+/// store.set_len(4096)?;
+/// let fast = store.signal_safe().expect("a file store is signal-safe");
+/// fast.allocate_in_signal(0..1).expect("room for one block");
+/// let mut page = [1u8; 4096];
+/// fast.read_at_in_signal(0, &mut page).unwrap();
+/// assert!(page.iter().all(|&b| b == 0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[allow(unsafe_code)]
+pub unsafe trait SignalSafe {
+    /// Fills all of `buf` from `offset`, below the store's length; an errno
+    /// if it cannot (a short read is an error here).
+    fn read_at_in_signal(&self, offset: u64, buf: &mut [u8]) -> Result<(), i32>;
+
+    /// As [`Store::allocate`].
+    fn allocate_in_signal(&self, blocks: Range<u64>) -> Result<(), i32>;
 }
 
 macro_rules! forward_store {
@@ -300,6 +355,9 @@ macro_rules! forward_store {
             }
             fn allocated(&self) -> io::Result<Vec<Range<u64>>> {
                 (**self).allocated()
+            }
+            fn signal_safe(&self) -> Option<&dyn SignalSafe> {
+                (**self).signal_safe()
             }
         }
     };

@@ -5,7 +5,7 @@
 use std::io;
 use std::ops::Range;
 
-use super::Store;
+use super::{SignalSafe, Store};
 
 /// `[offset, offset + len)` of `inner` as a store of its own. Its length is
 /// the part of the window the file covers; it cannot move the file's EOF
@@ -129,6 +129,28 @@ impl<S: Store> Store for Window<S> {
                 (start < stop).then(|| start - first..stop - first)
             })
             .collect())
+    }
+
+    fn signal_safe(&self) -> Option<&dyn SignalSafe> {
+        self.inner.signal_safe().map(|_| self as &dyn SignalSafe)
+    }
+}
+
+// SAFETY: shifts offsets and forwards to the inner store's signal-safe
+// calls; `len` and `block_size` are plain loads for the stores that have them.
+#[allow(unsafe_code)]
+unsafe impl<S: Store> SignalSafe for Window<S> {
+    fn read_at_in_signal(&self, offset: u64, buf: &mut [u8]) -> Result<(), i32> {
+        let visible = self.len().saturating_sub(offset).min(buf.len() as u64) as usize;
+        let inner = self.inner.signal_safe().ok_or(libc::ENOTSUP)?;
+        inner.read_at_in_signal(self.offset + offset, &mut buf[..visible])?;
+        buf[visible..].fill(0);
+        Ok(())
+    }
+
+    fn allocate_in_signal(&self, blocks: Range<u64>) -> Result<(), i32> {
+        let inner = self.inner.signal_safe().ok_or(libc::ENOTSUP)?;
+        inner.allocate_in_signal(self.shifted(blocks))
     }
 }
 

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use nix::fcntl::{FallocateFlags, FcntlArg, OFlag, fallocate, fcntl};
 use nix::unistd::{Whence, lseek};
@@ -24,6 +24,59 @@ pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
         off(len)?,
     )?;
     Ok(())
+}
+
+/// [`allocate`], async-signal-safe: the errno on failure, nothing allocated.
+pub(crate) fn allocate_raw(file: &File, offset: u64, len: u64) -> Result<(), i32> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(libc::EFBIG);
+    };
+    loop {
+        // SAFETY: fallocate on an open descriptor with plain integer arguments.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) };
+        match rc {
+            0 => return Ok(()),
+            _ => match errno() {
+                libc::EINTR => continue,
+                e => return Err(e),
+            },
+        }
+    }
+}
+
+/// Fills all of `buf` from `offset` with `pread(2)`, async-signal-safe: the
+/// errno on failure (`EIO` for a short read), nothing allocated.
+pub(crate) fn read_exact_at_raw(file: &File, offset: u64, buf: &mut [u8]) -> Result<(), i32> {
+    let mut done = 0;
+    while done < buf.len() {
+        let Ok(at) = libc::off_t::try_from(offset + done as u64) else {
+            return Err(libc::EFBIG);
+        };
+        // SAFETY: reads into the unfilled tail of `buf`, which we own.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf[done..].as_mut_ptr().cast(),
+                buf.len() - done,
+                at,
+            )
+        };
+        match n {
+            0 => return Err(libc::EIO),
+            n if n > 0 => done += n as usize,
+            _ => match errno() {
+                libc::EINTR => continue,
+                e => return Err(e),
+            },
+        }
+    }
+    Ok(())
+}
+
+/// This thread's errno; async-signal-safe (a thread-local read).
+fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() }
 }
 
 /// Frees `[offset, offset + len)`; it reads as zeros afterwards.

@@ -9,6 +9,12 @@
 //! instruction pointer on a `ret`. Returning from the handler resumes the
 //! thread at that `ret`, and the copy returns the failure to its caller.
 //!
+//! The same handler serves the mappings whose faults are resolved in the
+//! faulting thread (`UFFD_FEATURE_SIGBUS`): a kernel SIGBUS goes first to
+//! the resolver set by [`install_resolver`], which resolves it (the access
+//! runs again), fails it (with `si_errno` set, it goes on as below), or
+//! does not know the address.
+//!
 //! Written by hand because no crate offers a recoverable copy. Nothing
 //! unwinds or jumps across Rust frames (no `siglongjmp`): the handler only
 //! reads the signal's information and edits the saved registers, which is
@@ -124,6 +130,41 @@ mod arch {
         regs[libc::REG_RAX as usize] = cause as i64;
         regs[libc::REG_RIP as usize] = &raw const mkwrite_guarded_fixup as usize as i64;
     }
+
+    /// Whether the page fault behind this signal was a write (bit 1 of the
+    /// x86 page-fault error code, which the kernel saves in `REG_ERR`).
+    ///
+    /// # Safety
+    ///
+    /// As for [`guarded_at`].
+    pub(super) unsafe fn faulted_writing(ctx: *mut libc::c_void) -> bool {
+        // SAFETY: per the contract.
+        let regs = unsafe { &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
+        regs[libc::REG_ERR as usize] & 2 != 0
+    }
+}
+
+/// What the in-thread resolver made of a kernel SIGBUS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Not an address of a mapping resolved in-thread.
+    NotOurs,
+    /// The page is ready: the access runs again.
+    Resolved,
+    /// The access fails, for this reason (an errno, set in `si_errno`).
+    Failed(libc::c_int),
+}
+
+/// Resolves a fault at an address for a read or a write; async-signal-safe.
+pub(crate) type Resolver = fn(usize, bool) -> Verdict;
+
+static RESOLVER: OnceLock<Resolver> = OnceLock::new();
+
+/// Installs the handler (see [`install`]) with `resolve` asked first about
+/// every SIGBUS the kernel raises for a page fault.
+pub(crate) fn install_resolver(resolve: Resolver) -> io::Result<()> {
+    let _ = RESOLVER.set(resolve);
+    install()
 }
 
 /// The actions that were installed before ours, for signals not ours.
@@ -145,9 +186,23 @@ fn page(addr: usize) -> usize {
 
 /// The handler for SIGBUS and SIGSEGV. Async-signal-safe: it reads the
 /// siginfo and the saved registers, `OnceLock::get` is one atomic load,
-/// `getpid` and `sigaction` are on POSIX's list of safe functions, and it
-/// allocates nothing and takes no lock.
+/// `getpid` and `sigaction` are on POSIX's list of safe functions, the
+/// resolver is async-signal-safe by its contract, and it allocates nothing
+/// and takes no lock.
 extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let code = unsafe { (*info).si_code };
+    if let (libc::SIGBUS, libc::BUS_ADRERR, Some(resolve)) = (signal, code, RESOLVER.get()) {
+        // SAFETY: a kernel SIGBUS for a fault carries its address; the
+        // context is this thread's.
+        let (addr, write) = unsafe { ((*info).si_addr() as usize, arch::faulted_writing(ctx)) };
+        match resolve(addr, write) {
+            Verdict::Resolved => return,
+            // SAFETY: the siginfo is ours to edit until the handler returns.
+            Verdict::Failed(errno) => unsafe { (*info).si_errno = errno },
+            Verdict::NotOurs => {}
+        }
+    }
     // SAFETY: the kernel passes a valid siginfo and ucontext to an SA_SIGINFO handler.
     let (info_ref, at) = unsafe { (&*info, arch::guarded_at(ctx)) };
     if let Some((dst, src)) = at {
@@ -222,9 +277,16 @@ pub(crate) fn install() -> io::Result<()> {
             let _ = PREVIOUS.set(previous);
             let mut ours: libc::sigaction = std::mem::zeroed();
             ours.sa_sigaction = on_fault as *const () as usize;
-            ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
             libc::sigemptyset(&mut ours.sa_mask);
-            for signal in [libc::SIGBUS, libc::SIGSEGV] {
+            // SIGSEGV keeps the alternate stack, where a stack overflow must
+            // be reported; SIGBUS runs on the thread's own stack, because
+            // resolving a fault (store I/O, ioctls) needs more room than an
+            // alternate stack of SIGSTKSZ (8 KiB) has.
+            for (signal, flags) in [
+                (libc::SIGBUS, libc::SA_SIGINFO),
+                (libc::SIGSEGV, libc::SA_SIGINFO | libc::SA_ONSTACK),
+            ] {
+                ours.sa_flags = flags;
                 if libc::sigaction(signal, &ours, std::ptr::null_mut()) != 0 {
                     return Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
                 }

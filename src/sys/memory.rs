@@ -85,6 +85,18 @@ impl Region {
         Ok(())
     }
 
+    /// Whether `addr` lies in the region.
+    pub(crate) fn contains(&self, addr: usize) -> bool {
+        (self.base() as usize..self.base() as usize + self.len).contains(&addr)
+    }
+
+    /// Whether [`read_resident`](Self::read_resident) and [`is_resident`](Self::is_resident)
+    /// never fault (they read through `/proc/self/mem`); without `/proc`
+    /// they are plain copies.
+    pub(crate) fn probes_without_faulting(&self) -> bool {
+        self.mem.is_some()
+    }
+
     pub(crate) fn base(&self) -> u64 {
         self.base.as_ptr() as u64
     }

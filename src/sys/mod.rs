@@ -1,6 +1,7 @@
 //! Every call into the kernel lives here; the rest of the crate is safe code.
 
 mod file;
+mod futex;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod guard;
 mod memory;
@@ -8,7 +9,11 @@ mod signal;
 mod thread;
 mod uffd;
 
-pub(crate) use file::{allocate, data_ranges, data_sync, fs_block_size, is_read_only, punch_hole};
+pub(crate) use file::{
+    allocate, allocate_raw, data_ranges, data_sync, fs_block_size, is_read_only, punch_hole,
+    read_exact_at_raw,
+};
+pub(crate) use futex::{futex_wait, futex_wake_all, thread_id, yield_now};
 pub(crate) use memory::{Access, Region};
 pub(crate) use signal::send_sigbus;
 pub(crate) use thread::{ThreadState, process_id, thread_state};

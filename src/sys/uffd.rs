@@ -18,6 +18,7 @@ const UFFDIO: u8 = 0xAA;
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 
 const FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
+const FEATURE_SIGBUS: u64 = 1 << 7;
 const FEATURE_THREAD_ID: u64 = 1 << 8;
 const FEATURE_EXACT_ADDRESS: u64 = 1 << 11;
 const FEATURE_POISON: u64 = 1 << 14;
@@ -146,6 +147,9 @@ pub(crate) struct Fault {
     pub write: bool,
     pub write_protect: bool,
     pub thread: libc::pid_t,
+    /// Handed off by the faulting thread's signal handler, which waits in
+    /// this hand-off slot; `None` for a message from the userfaultfd.
+    pub slot: Option<usize>,
 }
 
 /// An open, API-negotiated userfaultfd.
@@ -155,6 +159,8 @@ pub(crate) struct Uffd {
     origin: UffdOrigin,
     /// `UFFDIO_POISON` is available (Linux 6.6+).
     poison: std::sync::atomic::AtomicBool,
+    /// Faults raise SIGBUS in the faulting thread instead of queuing a message.
+    sigbus: bool,
 }
 
 /// Runs an ioctl on `fd` with `arg`, retrying on `EINTR`.
@@ -231,20 +237,25 @@ impl Uffd {
     /// Opens a userfaultfd with write-protect and thread-id features (see
     /// [`create`]), plus exact fault addresses (Linux 5.18+, so a SIGBUS names
     /// the faulting byte) and poison markers (Linux 6.6+, so an access past
-    /// EOF fails in system calls too) where the kernel has them.
-    pub(crate) fn open(fallback: bool) -> Result<Uffd, Error> {
-        let required = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID;
+    /// EOF fails in system calls too) where the kernel has them. With
+    /// `sigbus`, faults raise SIGBUS in the faulting thread
+    /// (`UFFD_FEATURE_SIGBUS`) and no message is ever queued.
+    pub(crate) fn open(fallback: bool, sigbus: bool) -> Result<Uffd, Error> {
+        let mut required = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID;
+        if sigbus {
+            required |= FEATURE_SIGBUS;
+        }
         let optional = FEATURE_EXACT_ADDRESS | FEATURE_POISON;
         // UFFDIO_API may be called once per fd: ask one fd what the kernel
         // offers, then negotiate on a second.
         let (fd, origin) = create(fallback)?;
-        let offered = Uffd::with(fd, origin).negotiate(0)?;
+        let offered = Uffd::with(fd, origin, sigbus).negotiate(0)?;
         let (fd, origin) = create(fallback)?;
-        let uffd = Uffd::with(fd, origin);
+        let uffd = Uffd::with(fd, origin, sigbus);
         let features = uffd.negotiate(required | (offered & optional))?;
         if features & required != required {
             return Err(Error::MissingFeature(
-                "UFFD_FEATURE_PAGEFAULT_FLAG_WP or UFFD_FEATURE_THREAD_ID",
+                "UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_FEATURE_THREAD_ID or UFFD_FEATURE_SIGBUS",
             ));
         }
         uffd.poison.store(
@@ -254,12 +265,18 @@ impl Uffd {
         Ok(uffd)
     }
 
-    fn with(fd: OwnedFd, origin: UffdOrigin) -> Uffd {
+    fn with(fd: OwnedFd, origin: UffdOrigin, sigbus: bool) -> Uffd {
         Uffd {
             fd,
             origin,
             poison: std::sync::atomic::AtomicBool::new(false),
+            sigbus,
         }
+    }
+
+    /// Whether faults raise SIGBUS in the faulting thread (no messages).
+    pub(crate) fn raises_sigbus(&self) -> bool {
+        self.sigbus
     }
 
     /// Enables `wanted`; returns the features the kernel reports.
@@ -424,6 +441,7 @@ impl Uffd {
                     write: m.flags & PAGEFAULT_FLAG_WRITE != 0,
                     write_protect: m.flags & PAGEFAULT_FLAG_WP != 0,
                     thread: m.ptid as libc::pid_t,
+                    slot: None,
                 }),
         );
         Ok(())

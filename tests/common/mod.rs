@@ -3,6 +3,7 @@
 //! without it, so a missing privilege can never pass for a green run.
 #![allow(dead_code)]
 
+pub mod bounded;
 pub mod injector;
 pub mod nbd_server;
 pub mod pager;

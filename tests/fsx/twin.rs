@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
-use mkwrite::{Mapping, MappingOptions};
+use mkwrite::{Delivery, Mapping, MappingOptions};
 use nix::fcntl::{FallocateFlags, fallocate};
 
 use super::model;
@@ -26,12 +26,41 @@ pub struct Setup {
     /// Every write and read goes raw through [`mkwrite::guarded`] (the
     /// machinery of the pager's `poke` and `peek`); a fault there fails.
     pub guarded: bool,
+    /// How mkwrite's faults are delivered.
+    pub delivery: Delivery,
 }
 
 impl Setup {
-    /// The name a replay log gives this setup: the filesystem, `+poke` when guarded.
+    /// The name a replay log gives this setup: the filesystem, `+poke` when
+    /// guarded, `+inthread` for in-thread delivery.
     pub fn label(&self) -> String {
-        format!("{}{}", self.fs, if self.guarded { "+poke" } else { "" })
+        format!(
+            "{}{}{}",
+            self.fs,
+            if self.guarded { "+poke" } else { "" },
+            if self.delivery == Delivery::InThread {
+                "+inthread"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// The setup a label names (see [`label`](Self::label)), on `dir`.
+    pub fn from_label(label: &str, dir: PathBuf, block: u64, kernel_keeps_tail: bool) -> Setup {
+        let delivery = match label.contains("+inthread") {
+            true => Delivery::InThread,
+            false => Delivery::HandlerThread,
+        };
+        let fs = label.split('+').next().unwrap_or(label);
+        Setup {
+            dir,
+            fs: Box::leak(fs.to_owned().into_boxed_str()),
+            block,
+            kernel_keeps_tail,
+            guarded: label.contains("+poke"),
+            delivery,
+        }
     }
 }
 
@@ -50,6 +79,8 @@ pub struct Tally {
     pub file_compares: u64,
     /// Bytes where the kernel kept a polluted tail and only the shadow judged.
     pub kernel_unjudged: u64,
+    /// Faults mkwrite resolved in the faulting thread.
+    pub faults_in_thread: u64,
 }
 
 impl std::ops::AddAssign for Tally {
@@ -58,6 +89,7 @@ impl std::ops::AddAssign for Tally {
         self.reads += other.reads;
         self.file_compares += other.file_compares;
         self.kernel_unjudged += other.kernel_unjudged;
+        self.faults_in_thread += other.faults_in_thread;
     }
 }
 
@@ -167,6 +199,7 @@ impl<'a> Twin<'a> {
 
     fn open(&mut self) -> Result<(), String> {
         let mk = MappingOptions::new()
+            .delivery(self.setup.delivery)
             .capacity(CAPACITY)
             .block_size(self.setup.block)
             .create(true)
@@ -271,6 +304,7 @@ impl<'a> Twin<'a> {
             Op::Evict => self.mk().evict().map_err(failed("evict"))?,
             Op::Reopen => {
                 let mk = self.mk.take().expect("open between ops");
+                self.tally.faults_in_thread += mk.stats().faults_in_thread;
                 mk.close().map_err(failed("close"))?;
                 self.kernel = None;
                 self.open()?;

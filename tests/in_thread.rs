@@ -1,0 +1,470 @@
+//! In-thread delivery (`Delivery::InThread`): faults resolved in the
+//! faulting thread's SIGBUS handler over a signal-safe store, handed to the
+//! service thread otherwise, failed with SIGBUS and the reason in
+//! `si_errno`; signals that are not mkwrite's go to the handler installed
+//! before. Each case runs in a child process with a time limit.
+
+mod common;
+
+use std::io::{Seek, Write};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use common::bounded::{Case, End, Setup, dir};
+use common::{pattern, read_file};
+use mkwrite::guarded::{self, FaultCause};
+use mkwrite::store::SignalSafe;
+use mkwrite::{Advice, Delivery, Error, FileStore, Mapping, MappingOptions, MemStore, OnFull, Store};
+
+const PAGE: usize = 4096;
+
+const CASES: &[Case] = &[
+    (
+        "faults_on_a_file_resolve_in_the_faulting_thread",
+        faults_on_a_file_resolve_in_the_faulting_thread,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "a_store_without_signal_safe_calls_is_served_by_hand_off",
+        a_store_without_signal_safe_calls_is_served_by_hand_off,
+        End::Exit(0),
+        Setup::None,
+    ),
+    (
+        "a_full_store_fails_the_write_with_enospc_and_keeps_the_rest",
+        a_full_store_fails_the_write_with_enospc_and_keeps_the_rest,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "a_plain_write_to_a_full_store_ends_the_process_with_sigbus",
+        a_plain_write_to_a_full_store_ends_the_process_with_sigbus,
+        End::Signal(libc::SIGBUS),
+        Setup::Tmpfs,
+    ),
+    (
+        "wait_blocks_the_writer_until_space_is_freed",
+        wait_blocks_the_writer_until_space_is_freed,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "an_access_past_eof_fails_with_efault",
+        an_access_past_eof_fails_with_efault,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "populate_makes_read_into_the_mapping_work",
+        populate_makes_read_into_the_mapping_work,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "one_page_faulted_by_many_threads_is_filled_once",
+        one_page_faulted_by_many_threads_is_filled_once,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "a_sigbus_outside_every_mapping_reaches_the_previous_handler",
+        a_sigbus_outside_every_mapping_reaches_the_previous_handler,
+        End::Exit(42),
+        Setup::Tmpfs,
+    ),
+    (
+        "a_dirty_page_dropped_by_madvise_is_reported_by_flush",
+        a_dirty_page_dropped_by_madvise_is_reported_by_flush,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "a_panicking_callback_fails_the_access_and_the_mapping",
+        a_panicking_callback_fails_the_access_and_the_mapping,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "a_window_resolves_in_thread_inside_its_range",
+        a_window_resolves_in_thread_inside_its_range,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+];
+
+fn main() {
+    common::bounded::run_cases(CASES);
+}
+
+fn in_thread() -> MappingOptions {
+    let mut opts = MappingOptions::new();
+    opts.delivery(Delivery::InThread).capacity(4 << 20);
+    opts
+}
+
+fn file_mapping(
+    name: &str,
+    block: u64,
+    len: u64,
+    opts: &mut MappingOptions,
+) -> (std::path::PathBuf, Mapping) {
+    let path = dir().join(name);
+    let map = opts.block_size(block).create(true).open(&path).unwrap();
+    map.set_len(len).unwrap();
+    (path, map)
+}
+
+/// Fills a tmpfs until one page of room is left (or none); returns the filler.
+fn leave_room(room_pages: u64) -> std::path::PathBuf {
+    let filler = dir().join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![1u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.flush();
+    let len = f.stream_position().unwrap();
+    // Give back exactly `room_pages` pages' worth.
+    let keep = len.saturating_sub(room_pages * PAGE as u64) / PAGE as u64 * PAGE as u64;
+    f.set_len(keep).unwrap();
+    filler
+}
+
+fn faults_on_a_file_resolve_in_the_faulting_thread() {
+    let (path, map) = file_mapping("f", 1024, 64 * PAGE as u64, &mut in_thread());
+    let data = pattern(3, 64 * PAGE);
+    let p = map.as_ptr();
+    for page in (0..64).rev() {
+        // SAFETY: inside the file; no reference to these bytes is alive.
+        unsafe { std::ptr::copy_nonoverlapping(data[page * PAGE..].as_ptr(), p.add(page * PAGE), PAGE) };
+    }
+    map.flush().unwrap();
+    assert_eq!(read_file(&path), data);
+    // A write after the flush faults on a protected page, also in-thread.
+    // SAFETY: as above.
+    unsafe { p.add(5).write(0xEE) };
+    let stats = map.stats();
+    assert_eq!(stats.faults_write_protect, 1, "{stats:?}");
+    assert_eq!(stats.faults_handed_off, 0, "{stats:?}");
+    assert_eq!(stats.faults_in_thread, 65, "{stats:?}");
+    drop(map);
+    let again = Mapping::options()
+        .delivery(Delivery::InThread)
+        .open(&path)
+        .unwrap();
+    let mut back = vec![0u8; 64 * PAGE];
+    // SAFETY: inside the file; read faults fill from the store in-thread.
+    unsafe { std::ptr::copy_nonoverlapping(again.as_ptr(), back.as_mut_ptr(), back.len()) };
+    assert_eq!(back[5], 0xEE);
+    assert_eq!(back[6..], data[6..]);
+    assert!(again.stats().faults_in_thread > 0 && again.stats().faults_handed_off == 0);
+}
+
+fn a_store_without_signal_safe_calls_is_served_by_hand_off() {
+    let store = Arc::new(MemStore::new(4096, 64).unwrap());
+    store.set_len(16 * PAGE as u64).unwrap();
+    let map = in_thread().map_store(store.clone()).unwrap();
+    assert_eq!(map.delivery(), Delivery::InThread);
+    let p = map.as_ptr();
+    for page in 0..16 {
+        // SAFETY: inside the file.
+        unsafe { p.add(page * PAGE + 1).write(page as u8) };
+    }
+    map.flush().unwrap();
+    for page in 0..16 {
+        assert_eq!(store.contents()[page * PAGE + 1], page as u8);
+    }
+    let stats = map.stats();
+    assert_eq!(
+        (stats.faults_in_thread, stats.faults_handed_off),
+        (0, 16),
+        "{stats:?}"
+    );
+}
+
+fn a_full_store_fails_the_write_with_enospc_and_keeps_the_rest() {
+    guarded::install().unwrap();
+    let (path, map) = file_mapping("f", 1024, 256 * PAGE as u64, &mut in_thread());
+    let _filler = leave_room(4);
+    let data = pattern(9, 256 * PAGE);
+    let mut written = 0;
+    let fault = loop {
+        // SAFETY: inside the file; failures come back as AccessFault.
+        match unsafe { guarded::store(map.as_ptr().add(written), &data[written..written + PAGE]) } {
+            Ok(()) => written += PAGE,
+            Err(f) => break f,
+        }
+        assert!(written < data.len(), "the store never filled");
+    };
+    assert_eq!(fault.cause, FaultCause::NoSpace, "{fault}");
+    assert_eq!(fault.done, 0, "a page fails whole, at its first byte");
+    assert!(map.stats().faults_handed_off >= 1);
+    map.flush().unwrap();
+    drop(map);
+    let file = read_file(&path);
+    assert_eq!(
+        file[..written],
+        data[..written],
+        "every accepted byte is in the file"
+    );
+}
+
+fn a_plain_write_to_a_full_store_ends_the_process_with_sigbus() {
+    let (_, map) = file_mapping("f", 4096, 256 * PAGE as u64, &mut in_thread());
+    let _filler = leave_room(0);
+    for page in 0..256 {
+        // SAFETY: inside the file: the default action of the SIGBUS ends us.
+        unsafe { map.as_ptr().add(page * PAGE).write(1) };
+    }
+    unreachable!("a tmpfs with no room took 1 MiB");
+}
+
+fn wait_blocks_the_writer_until_space_is_freed() {
+    let (path, map) = file_mapping("f", 4096, 64 * PAGE as u64, in_thread().on_full(OnFull::Wait));
+    let map = Arc::new(map);
+    let filler = leave_room(0);
+    let done = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (map, done) = (map.clone(), done.clone());
+        thread::spawn(move || {
+            for page in 0..8 {
+                // SAFETY: inside the file; blocks at the fault while full.
+                unsafe { map.as_ptr().add(page * PAGE).write(page as u8 + 1) };
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        done.load(Ordering::SeqCst),
+        0,
+        "the writer waits at its first fault"
+    );
+    assert!(map.stats().faults_parked >= 1);
+    std::fs::remove_file(&filler).unwrap();
+    map.notify_space_freed();
+    writer.join().unwrap();
+    map.flush().unwrap();
+    let file = read_file(&path);
+    assert!((0..8).all(|p| file[p * PAGE] == p as u8 + 1));
+}
+
+fn an_access_past_eof_fails_with_efault() {
+    guarded::install().unwrap();
+    let (_, map) = file_mapping("f", 1024, 5000, &mut in_thread());
+    let mut byte = [0u8; 1];
+    // SAFETY: page 2 lies wholly past EOF: the access fails as AccessFault.
+    let err = unsafe { guarded::load(map.as_ptr().add(2 * PAGE), &mut byte) }.unwrap_err();
+    assert_eq!(err.cause, FaultCause::PastEof);
+    // SAFETY: the straddling page reads, zeros past EOF.
+    unsafe { guarded::load(map.as_ptr().add(4999 + 2), &mut byte) }.unwrap();
+    assert_eq!(byte, [0]);
+    map.set_len(3 * PAGE as u64).unwrap();
+    // SAFETY: page 2 is below EOF now.
+    unsafe { guarded::store(map.as_ptr().add(2 * PAGE), b"now") }.unwrap();
+}
+
+fn populate_makes_read_into_the_mapping_work() {
+    let (_, map) = file_mapping("f", 1024, 4 * PAGE as u64, &mut in_thread());
+    let source = dir().join("source");
+    std::fs::write(&source, pattern(4, PAGE)).unwrap();
+    let file = std::fs::File::open(&source).unwrap();
+    let read_into = |offset: usize| {
+        // SAFETY: reads into the mapping's memory, inside the file; a page the
+        // kernel cannot use fails the call with EFAULT instead.
+        let n = unsafe { libc::pread(file.as_raw_fd(), map.as_ptr().add(offset).cast(), PAGE, 0) };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    };
+    let err = read_into(PAGE).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EFAULT),
+        "an unprepared page fails the call"
+    );
+    map.populate(PAGE as u64, PAGE as u64, true).unwrap();
+    assert_eq!(read_into(PAGE).unwrap(), PAGE);
+    let mut back = vec![0u8; PAGE];
+    map.read(PAGE as u64, &mut back).unwrap();
+    assert_eq!(back, pattern(4, PAGE));
+}
+
+/// A file store that counts its signal-safe reads (atomics only: still signal-safe).
+struct CountingReads {
+    inner: FileStore,
+    reads: AtomicU64,
+}
+
+impl Store for CountingReads {
+    fn block_size(&self) -> u64 {
+        self.inner.block_size()
+    }
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write_at(offset, data)
+    }
+    fn allocate(&self, blocks: Range<u64>) -> std::io::Result<()> {
+        self.inner.allocate(blocks)
+    }
+    fn deallocate(&self, blocks: Range<u64>) -> std::io::Result<()> {
+        self.inner.deallocate(blocks)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn allocated(&self) -> std::io::Result<Vec<Range<u64>>> {
+        self.inner.allocated()
+    }
+    fn signal_safe(&self) -> Option<&dyn SignalSafe> {
+        Some(self)
+    }
+}
+
+// SAFETY: an atomic add, then the file store's own signal-safe calls.
+unsafe impl SignalSafe for CountingReads {
+    fn read_at_in_signal(&self, offset: u64, buf: &mut [u8]) -> Result<(), i32> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.signal_safe().unwrap().read_at_in_signal(offset, buf)
+    }
+    fn allocate_in_signal(&self, blocks: Range<u64>) -> Result<(), i32> {
+        self.inner.signal_safe().unwrap().allocate_in_signal(blocks)
+    }
+}
+
+fn one_page_faulted_by_many_threads_is_filled_once() {
+    let path = dir().join("f");
+    std::fs::write(&path, pattern(5, 8 * PAGE)).unwrap();
+    let store = Arc::new(CountingReads {
+        inner: FileStore::open(&path).unwrap(),
+        reads: AtomicU64::new(0),
+    });
+    let map = Arc::new(in_thread().map_store(store.clone()).unwrap());
+    map.advise(Advice::Random, 0, 0).unwrap();
+    for round in 0..20 {
+        let page = round % 8;
+        let barrier = Arc::new(Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (map, barrier) = (map.clone(), barrier.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    // SAFETY: inside the file.
+                    unsafe { map.as_ptr().add(page * PAGE + 7).read_volatile() }
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), pattern(5, 8 * PAGE)[page * PAGE + 7]);
+        }
+        if round % 8 == 7 {
+            map.evict().unwrap();
+        }
+    }
+    // 20 rounds over 8 pages, evicted after each 8: 20 fills, one per page each time.
+    assert_eq!(store.reads.load(Ordering::SeqCst), 20);
+}
+
+extern "C" fn previous_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel's siginfo for this SIGBUS; _exit is async-signal-safe.
+    unsafe {
+        let code = (*info).si_code;
+        libc::_exit(if code == libc::BUS_ADRERR { 42 } else { 43 });
+    }
+}
+
+fn a_sigbus_outside_every_mapping_reaches_the_previous_handler() {
+    // SAFETY: installs a handler that only reads the siginfo and exits.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = previous_handler as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        assert_eq!(libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()), 0);
+    }
+    let (_, map) = file_mapping("f", 4096, PAGE as u64, &mut in_thread());
+    // SAFETY: inside the file: resolved in-thread, never reaching the previous handler.
+    unsafe { map.as_ptr().write(1) };
+    // A kernel SIGBUS at an address of no mapping of ours: a shared mapping
+    // of a file cut short under it.
+    let path = dir().join("cut");
+    std::fs::write(&path, [0u8; PAGE]).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    // SAFETY: a fresh shared mapping of one page of our own file.
+    let other = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(other, libc::MAP_FAILED);
+    file.set_len(0).unwrap();
+    // SAFETY: reading past the file's end raises SIGBUS; the previous handler exits 42.
+    unsafe { other.cast::<u8>().read_volatile() };
+    unreachable!("no SIGBUS");
+}
+
+fn a_dirty_page_dropped_by_madvise_is_reported_by_flush() {
+    let (_, map) = file_mapping("f", 1024, 4 * PAGE as u64, &mut in_thread());
+    map.write(0, &[1u8; 4 * PAGE]).unwrap();
+    // SAFETY: drops two of the mapping's pages, as a careless caller might.
+    unsafe { libc::madvise(map.as_ptr().add(PAGE).cast(), 2 * PAGE, libc::MADV_DONTNEED) };
+    // SAFETY: inside the file: a missing page the flags call resident.
+    let byte = unsafe { map.as_ptr().add(PAGE).read_volatile() };
+    assert_eq!(byte, 0, "refilled from the store, which never had it");
+    match map.flush() {
+        Err(Error::Discarded { ranges }) => assert_eq!(ranges, vec![PAGE as u64..3 * PAGE as u64]),
+        other => panic!("expected Discarded, got {other:?}"),
+    }
+}
+
+fn a_panicking_callback_fails_the_access_and_the_mapping() {
+    guarded::install().unwrap();
+    let policy = OnFull::callback(|_| panic!("the callback broke"));
+    let (_, map) = file_mapping("f", 4096, 64 * PAGE as u64, in_thread().on_full(policy));
+    let _filler = leave_room(0);
+    // SAFETY: inside the file; the failed access comes back as AccessFault.
+    let err = unsafe { guarded::store(map.as_ptr(), b"x") }.unwrap_err();
+    assert!(matches!(err.cause, FaultCause::Io(_)), "{err}");
+    assert!(matches!(map.flush(), Err(Error::HandlerFailed(_))));
+}
+
+fn a_window_resolves_in_thread_inside_its_range() {
+    let path = dir().join("f");
+    std::fs::write(&path, pattern(6, 16 * PAGE)).unwrap();
+    let map = in_thread()
+        .offset(4 * PAGE as u64)
+        .len(4 * PAGE as u64)
+        .open(&path)
+        .unwrap();
+    // SAFETY: inside the window.
+    unsafe {
+        assert_eq!(map.as_ptr().read_volatile(), pattern(6, 16 * PAGE)[4 * PAGE]);
+        map.as_ptr().add(PAGE).write(0xAB);
+    }
+    map.flush().unwrap();
+    assert_eq!(map.stats().faults_handed_off, 0);
+    let file = read_file(&path);
+    assert_eq!(file[5 * PAGE], 0xAB);
+    assert_eq!(file[..5 * PAGE], pattern(6, 16 * PAGE)[..5 * PAGE]);
+}
