@@ -1,7 +1,9 @@
 //! Working ahead of sequential access: a read fault fills the next pages
 //! too (one store read, one `UFFDIO_COPY`), and a write fault allocates the
 //! next pages' blocks too (one store call), as the kernel's readahead and a
-//! database's `fallocate` ahead do. A fault where the last one left off
+//! database's `fallocate` ahead do, and makes the next pages whose blocks
+//! are allocated writable too (one copy; they are dirty from then on, so a
+//! flush writes them even if they are never written: at most a window). A fault where the last one left off
 //! doubles the window, up to a limit; any other fault closes it, so random
 //! access pays nothing extra.
 
@@ -76,6 +78,9 @@ impl Stream {
 pub(crate) struct Streams {
     pub read: Stream,
     pub write: Stream,
+    /// Writes filling pages (the allocation stream moves only when blocks
+    /// are missing, this one at every missing-page write).
+    pub write_fill: Stream,
     pub advice: Advice,
 }
 
@@ -88,6 +93,12 @@ impl Streams {
     /// A write fault at `page`: how many pages after it to allocate for too.
     pub fn write_fault(&mut self, page: u64) -> u64 {
         self.write.on_fault(page, ALLOCATE_AHEAD_MAX, self.advice)
+    }
+
+    /// A write fault at the missing `page`: how many pages after it to make
+    /// writable too (those whose blocks are allocated).
+    pub fn write_fill_fault(&mut self, page: u64) -> u64 {
+        self.write_fill.on_fault(page, READ_AHEAD_MAX, self.advice)
     }
 }
 

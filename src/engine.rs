@@ -208,24 +208,39 @@ impl Engine {
 
     /// DESIGN rule 2: makes `page` ready for `access`, allocating its blocks
     /// before it may be written (rule 1). The one place faults are decided.
+    /// This is the checked calls' form: it makes only the pages it is asked
+    /// for writable (those the caller writes), so exactly they are dirty.
     pub fn resolve(&self, flags: &mut Flags, page: u64, access: Access) -> Result<Resolved, Failure> {
-        self.resolve_with(flags, page, access, StoreCalls::Ordinary)
+        self.resolve_with(flags, page, access, StoreCalls::Ordinary, false)
     }
 
-    /// [`resolve`](Self::resolve) with the store's `calls` of choice;
-    /// allocates no memory on its way to success (the scratch buffer is
-    /// preallocated where a signal handler may come here).
-    pub fn resolve_with(
+    /// [`resolve`](Self::resolve) for a fault, with the store's `calls` of
+    /// choice: ahead of a sequential writer it makes the next pages writable
+    /// too (they are dirty from then on, written or not). Allocates no
+    /// memory on its way to success (the scratch buffer is preallocated
+    /// where a signal handler may come here).
+    pub fn resolve_fault(
         &self,
         flags: &mut Flags,
         page: u64,
         access: Access,
         calls: StoreCalls<'_>,
     ) -> Result<Resolved, Failure> {
+        self.resolve_with(flags, page, access, calls, true)
+    }
+
+    fn resolve_with(
+        &self,
+        flags: &mut Flags,
+        page: u64,
+        access: Access,
+        calls: StoreCalls<'_>,
+        write_ahead: bool,
+    ) -> Result<Resolved, Failure> {
         if flags.past_eof(page) {
             return Err(Failure::PastEof);
         }
-        let resolved = self.make_ready(flags, page, access, calls)?;
+        let resolved = self.make_ready(flags, page, access, calls, write_ahead)?;
         // The page serves this access now; a fence left by an earlier failure
         // must not fail it (nor crash a checked copy into it).
         self.lift_fence(page)?;
@@ -238,17 +253,21 @@ impl Engine {
         page: u64,
         access: Access,
         calls: StoreCalls<'_>,
+        write_ahead: bool,
     ) -> Result<Resolved, Failure> {
         match (flags.residency(page), access) {
             (Residency::Absent, Access::Read) => {
                 let ahead = relock(self.streams.lock()).read_fault(page);
-                self.fill_for_read(flags, page, ahead, calls)?;
+                self.fill_run(flags, page, ahead, false, calls)?;
                 Ok(Resolved::FilledForRead)
             }
             (Residency::Absent, Access::Write) => {
                 self.allocate_under(flags, page, calls)?;
-                self.fill(flags, page, true, calls)?;
-                flags.granted_write(page);
+                let ahead = match write_ahead {
+                    true => relock(self.streams.lock()).write_fill_fault(page),
+                    false => 0,
+                };
+                self.fill_run(flags, page, ahead, true, calls)?;
                 Ok(Resolved::FilledForWrite)
             }
             (Residency::Protected, Access::Write) => {
@@ -296,13 +315,17 @@ impl Engine {
         self.allocate_with(flags, blocks, calls)
     }
 
-    /// Fills the absent `page` for reading, and up to `ahead` absent pages
-    /// after it below EOF with the same store read and the same copy.
-    fn fill_for_read(
+    /// Fills the absent `page`, and up to `ahead` absent pages after it
+    /// below EOF, with one store read and one copy: protected and clean, or
+    /// (`writable`) writable and dirty, ahead only over pages whose blocks are
+    /// all allocated (rule 1). Pages that read as zeros in a store that says
+    /// so are not read at all.
+    fn fill_run(
         &self,
         flags: &mut Flags,
         page: u64,
         ahead: u64,
+        writable: bool,
         calls: StoreCalls<'_>,
     ) -> Result<(), Failure> {
         let count = 1
@@ -314,16 +337,29 @@ impl Engine {
                         && flags.residency(p) == Residency::Absent
                         && !flags.is_poisoned(p)
                         && !self.is_fenced(p)
+                        && (!writable || flags.missing_blocks(p).is_none())
                 })
                 .count() as u64;
+        let zeros =
+            self.store.unallocated_reads_zero() && (page..page + count).all(|p| flags.reads_as_zeros(p));
         let mut buf = relock(self.scratch.lock());
-        // Every byte is overwritten below: read, or zeroed past EOF.
-        buf.resize((count * self.geo.page) as usize, 0);
-        self.read_pages(flags, page, &mut buf, calls)?;
-        match self.install(page, &buf, false) {
+        let len = (count * self.geo.page) as usize;
+        if zeros {
+            buf.clear();
+            buf.resize(len, 0);
+        } else {
+            // Every byte is overwritten: read, or zeroed past EOF.
+            buf.resize(len, 0);
+            self.read_pages(flags, page, &mut buf, calls)?;
+        }
+        let filled = |flags: &mut Flags, p: u64| match writable {
+            true => flags.granted_write(p),
+            false => flags.filled_for_read(p),
+        };
+        match self.install(page, &buf, writable) {
             Ok(()) => {
                 for p in page..page + count {
-                    flags.filled_for_read(p);
+                    filled(flags, p);
                 }
                 Ok(())
             }
@@ -334,8 +370,8 @@ impl Engine {
                 self.region
                     .discard(self.page_offset(page), buf.len())
                     .map_err(|_| e)?;
-                self.install(page, &buf[..self.geo.page as usize], false)?;
-                flags.filled_for_read(page);
+                self.install(page, &buf[..self.geo.page as usize], writable)?;
+                filled(flags, page);
                 Ok(())
             }
             Err(e) => Err(e.into()),
@@ -361,7 +397,10 @@ impl Engine {
         match allocated {
             Ok(()) => {
                 self.counters.add_blocks(blocks.end - blocks.start);
-                flags.mark_allocated(blocks);
+                match self.store.unallocated_reads_zero() {
+                    true => flags.mark_allocated_from_holes(blocks),
+                    false => flags.mark_allocated(blocks),
+                }
                 Ok(())
             }
             Err(e) if matches!(calls, StoreCalls::InSignal(_)) => {
@@ -451,14 +490,6 @@ impl Engine {
         })?;
         buf[visible..].fill(0);
         Ok(())
-    }
-
-    /// Fills the absent `page` from the store, through the scratch buffer.
-    fn fill(&self, flags: &Flags, page: u64, writable: bool, calls: StoreCalls<'_>) -> Result<(), Failure> {
-        let mut buf = relock(self.scratch.lock());
-        buf.resize(self.geo.page as usize, 0);
-        self.read_pages(flags, page, &mut buf, calls)?;
-        Ok(self.install(page, &buf, writable)?)
     }
 
     /// Places `data` in the absent `page` and wakes its waiters.

@@ -1,7 +1,10 @@
 //! Per-block and per-page flags, and the transitions between them. Pure logic:
 //! no system calls, so every rule here is unit-tested on its own.
 //!
-//! * per block: **allocated** — the store holds a block for it;
+//! * per block: **allocated** — the store holds a block for it; and
+//!   **zeroed** — allocated by a fault from a hole, no page over it has been
+//!   in memory since, so it still reads as zeros (when the store promises
+//!   [`unallocated_reads_zero`](crate::Store::unallocated_reads_zero));
 //! * per page: **residency** (absent, protected, writable) and **dirty** —
 //!   memory may differ from the store.
 //!
@@ -39,6 +42,7 @@ pub(crate) struct Flags {
     pages: Vec<Residency>,
     dirty: FixedBitSet,
     allocated: FixedBitSet,
+    zeroed: FixedBitSet,
     poisoned: FixedBitSet,
     locked: FixedBitSet,
     lost: Vec<Range<u64>>,
@@ -53,6 +57,7 @@ impl Flags {
             pages: vec![Residency::Absent; geo.pages() as usize],
             dirty: FixedBitSet::with_capacity(geo.pages() as usize),
             allocated: FixedBitSet::with_capacity(geo.blocks() as usize),
+            zeroed: FixedBitSet::with_capacity(geo.blocks() as usize),
             poisoned: FixedBitSet::with_capacity(geo.pages() as usize),
             locked: FixedBitSet::with_capacity(geo.pages() as usize),
             lost: Vec::new(),
@@ -83,6 +88,7 @@ impl Flags {
             pages,
             dirty: grown(&self.dirty, geo.pages()),
             allocated: grown(&self.allocated, geo.blocks()),
+            zeroed: grown(&self.zeroed, geo.blocks()),
             poisoned: FixedBitSet::with_capacity(geo.pages() as usize),
             locked: grown(&self.locked, geo.pages()),
             lost: self.lost.clone(),
@@ -123,6 +129,33 @@ impl Flags {
         Some(first..last + 1)
     }
 
+    /// Whether every block under `page` below EOF is unallocated or
+    /// zeroed: in a store whose holes read as zeros, the page does.
+    pub fn reads_as_zeros(&self, page: u64) -> bool {
+        self.geo
+            .blocks_backing(page, self.eof)
+            .all(|b| !self.is_allocated(b) || self.zeroed.contains(b as usize))
+    }
+
+    /// Marks `blocks` allocated; those that were not are zeroed too.
+    pub fn mark_allocated_from_holes(&mut self, blocks: Range<u64>) {
+        for b in blocks.clone() {
+            if !self.is_allocated(b) {
+                self.zeroed.insert(b as usize);
+            }
+        }
+        self.mark_allocated(blocks);
+    }
+
+    /// `page` is coming into memory: its blocks may take data from now on.
+    fn touched(&mut self, page: u64) {
+        let blocks = self.geo.blocks_overlapping(&self.geo.page_bytes(page));
+        let end = blocks.end.min(self.geo.blocks());
+        if blocks.start < end {
+            self.zeroed.remove_range(blocks.start as usize..end as usize);
+        }
+    }
+
     /// The first run of unallocated blocks in `blocks`, if any; allocates
     /// no memory (a fault in a signal handler walks runs with it).
     pub fn unallocated_run(&self, blocks: Range<u64>) -> Option<Range<u64>> {
@@ -142,12 +175,14 @@ impl Flags {
         let end = blocks.end.min(self.geo.blocks());
         if blocks.start < end {
             self.allocated.remove_range(blocks.start as usize..end as usize);
+            self.zeroed.remove_range(blocks.start as usize..end as usize);
         }
     }
 
     /// A missing page was filled for a read: protected and clean.
     pub fn filled_for_read(&mut self, page: u64) {
         debug_assert_eq!(self.residency(page), Residency::Absent);
+        self.touched(page);
         self.pages[page as usize] = Residency::Protected;
         self.dirty.set(page as usize, false);
     }
@@ -155,6 +190,7 @@ impl Flags {
     /// A page was made writable after its blocks were allocated: writable and dirty.
     pub fn granted_write(&mut self, page: u64) {
         debug_assert!(self.missing_blocks(page).is_none(), "rule 1: blocks first");
+        self.touched(page);
         self.pages[page as usize] = Residency::Writable;
         self.dirty.insert(page as usize);
     }
@@ -347,6 +383,22 @@ mod tests {
         assert_eq!(f.residency(1), Residency::Writable);
         assert!(f.is_dirty(1));
         f.check().unwrap();
+    }
+
+    #[test]
+    fn a_block_allocated_from_a_hole_reads_as_zeros_until_a_page_over_it_is_in_memory() {
+        let mut f = flags(16384, 64 * 1024); // four pages a block
+        f.mark_allocated(0..1);
+        assert!(!f.reads_as_zeros(0), "a block the store reported may hold data");
+        f.mark_allocated_from_holes(0..2);
+        assert!(!f.reads_as_zeros(0), "it was allocated already");
+        assert!(f.reads_as_zeros(4) && f.reads_as_zeros(7));
+        f.granted_write(5);
+        assert!(!f.reads_as_zeros(4), "page 5 may have put data in the block");
+        assert!(f.reads_as_zeros(8), "the next block is a hole");
+        f.forget_allocated(1..2);
+        f.mark_allocated(1..2);
+        assert!(!f.reads_as_zeros(4));
     }
 
     #[test]

@@ -83,6 +83,34 @@
 //!   resident first: [`populate`](crate::Mapping::populate) (for reading,
 //!   or for writing, which allocates) or [`lock`](crate::Mapping::lock).
 //!
+//! ## Faster faults: [`Delivery::InThread`](crate::Delivery::InThread)
+//!
+//! By default a mapping's own thread resolves its faults, and the faulting
+//! thread sleeps meanwhile: two wake-ups a fault, ~40–60 µs on a small VM.
+//! With `delivery(Delivery::InThread)` the faulting thread resolves its own
+//! fault in a SIGBUS handler (over a [`FileStore`](crate::FileStore); other
+//! stores' faults are handed to the mapping's thread), ~5–7 µs a first
+//! write. The price: like `UserModeOnly` above, a system call touching a
+//! page that is not ready fails with `EFAULT`, so [`populate`](crate::Mapping::populate)
+//! a range before `read(2)` into it or `write(2)` from it; and the process's
+//! SIGBUS handler is mkwrite's (it passes every signal that is not its own
+//! to the handler installed before it). A failed access gets the kernel's
+//! SIGBUS `BUS_ADRERR` with the reason in `si_errno`;
+//! [`guarded`](crate::guarded) copies turn it into an
+//! [`AccessFault`](crate::guarded::AccessFault) as in the other mode.
+//!
+//! ```
+//! use mkwrite::{Delivery, MappingOptions};
+//! # let dir = tempfile::tempdir()?;
+//! let map = MappingOptions::new()
+//!     .delivery(Delivery::InThread)
+//!     .create(true)
+//!     .open(dir.path().join("db"))?;
+//! map.set_len(1 << 20)?;
+//! map.populate(0, 65536, true)?; // ready for a read(2) into it
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ## Capacity and growth
 //!
 //! The mapping reserves address space for

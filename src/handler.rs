@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::engine::{Access, Engine, Failure, Resolved};
+use crate::engine::{Access, Engine, Failure, Resolved, StoreCalls};
 use crate::options::{FullAction, FullFault};
 use crate::sys::{self, Fault, RawMsg, ThreadState};
 
@@ -253,7 +253,8 @@ fn resolve(engine: &Engine, fault: &Fault) -> Result<(), Failure> {
         // forever and the thread would refault in a loop.
         engine.reconcile(&mut flags, page)?;
     }
-    if engine.resolve(&mut flags, page, access)? == Resolved::AlreadyReady && fault.slot.is_none() {
+    let resolved = engine.resolve_fault(&mut flags, page, access, StoreCalls::Ordinary)?;
+    if resolved == Resolved::AlreadyReady && fault.slot.is_none() {
         // Someone else resolved the page first; the faulting thread waits.
         engine.wake(page)?;
     }

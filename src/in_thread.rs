@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::flags::Residency;
 use crate::handoff::Posted;
 use crate::registry::Registry;
-use crate::sys::guard::{self, Verdict};
+use crate::sys::guard::{self, Interrupted, Verdict};
 
 /// Mappings resolved in-thread at once, at most.
 const MAX_MAPPINGS: usize = 16 * 1024;
@@ -67,20 +67,23 @@ pub(crate) fn register(engine: &Arc<Engine>) -> Result<Registration> {
 
 /// The resolver the SIGBUS handler asks first. Async-signal-safe: the
 /// registry lookup is atomics only; see the module docs for the rest.
-fn resolve(addr: usize, write: bool) -> Verdict {
+fn resolve(addr: usize, write: bool, interrupted: &Interrupted) -> Verdict {
     let Some(registry) = MAPPINGS.get() else {
         return Verdict::NotOurs;
     };
-    let Some(engine) = registry.find(addr, |e| e.region.contains(addr)) else {
+    // A forked child has the registry but none of the memory, threads or
+    // locks behind it: nothing there is ours to resolve.
+    let pid = crate::sys::process_id();
+    let Some(engine) = registry.find(addr, |e| e.owner == pid && e.region.contains(addr)) else {
         return Verdict::NotOurs;
     };
-    engine.fault_in_thread(addr as u64, write)
+    engine.fault_in_thread(addr as u64, write, interrupted)
 }
 
 impl Engine {
     /// Resolves a fault at `addr` in the faulting thread, or hands it off
     /// and waits for the answer.
-    fn fault_in_thread(&self, addr: u64, write: bool) -> Verdict {
+    fn fault_in_thread(&self, addr: u64, write: bool, interrupted: &Interrupted) -> Verdict {
         let page = self.geo.page_of(addr - self.region.base());
         let access = if write { Access::Write } else { Access::Read };
         if self.resolved_here(page, access) {
@@ -91,6 +94,9 @@ impl Engine {
             write,
             thread: crate::sys::thread_id(),
         };
+        // The wait may be long (a full store under `OnFull::Wait`): let the
+        // thread's other signals in meanwhile; no lock is held here.
+        interrupted.let_signals_in();
         let answer = self.handoffs.hand_off(fault, || self.doorbell.ring());
         match answer {
             Some(0) => Verdict::Resolved,
@@ -130,7 +136,7 @@ impl Engine {
             Some(store) if !self.failed.load(Ordering::SeqCst) => StoreCalls::InSignal(store),
             _ => return false,
         };
-        let resolved = self.resolve_with(&mut flags, page, access, calls).is_ok();
+        let resolved = self.resolve_fault(&mut flags, page, access, calls).is_ok();
         if resolved {
             self.counters.in_thread();
         }

@@ -136,8 +136,10 @@ fn a_poke_into_a_full_tmpfs_answers_nospace_with_the_exact_count_and_goes_on() {
         ]
     );
     assert_eq!(answers[7], "ok");
+    // The pokes went through the fault path (fewer faults than pages: a
+    // sequential writer's next pages are made writable with its fault).
     let (missing, _) = counters(&answers[8]);
-    assert!(missing >= 18, "{}", answers[8]);
+    assert!(missing >= 4, "{}", answers[8]);
     let on_disk = std::fs::read(&file).unwrap();
     assert_eq!(on_disk.len(), 1 << 20);
     assert!(on_disk[..8192].iter().all(|&b| b == 0), "punched");

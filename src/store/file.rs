@@ -287,6 +287,13 @@ impl Store for FileStore {
         Some(self)
     }
 
+    /// `SEEK_DATA` reports every byte of data (a filesystem without it
+    /// reports the whole file), holes and unwritten extents read as zeros,
+    /// and `fallocate` of a hole leaves zeros.
+    fn unallocated_reads_zero(&self) -> bool {
+        true
+    }
+
     fn allocate(&self, blocks: Range<u64>) -> io::Result<()> {
         if blocks.is_empty() {
             return Ok(());

@@ -191,6 +191,11 @@ impl Store for MemStore {
     fn allocated(&self) -> io::Result<Vec<Range<u64>>> {
         Ok(runs(self.lock().blocks.keys().copied()))
     }
+
+    /// Only held blocks have bytes; a new one starts zeroed.
+    fn unallocated_reads_zero(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

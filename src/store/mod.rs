@@ -270,6 +270,21 @@ pub trait Store: Send + Sync {
     #[doc(alias = "SEEK_DATA")]
     fn allocated(&self) -> io::Result<Vec<Range<u64>>>;
 
+    /// Whether every block that [`allocated`](Store::allocated) does not
+    /// report (and that was not allocated since) reads as zeros, and still
+    /// does once [`allocate`](Store::allocate) returns for it. `true` lets
+    /// the first write to a page with no allocated block skip reading it;
+    /// the default, `false`, is always safe.
+    ///
+    /// ```
+    /// use mkwrite::{MemStore, Store};
+    /// assert!(MemStore::new(4096, 8)?.unallocated_reads_zero());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn unallocated_reads_zero(&self) -> bool {
+        false
+    }
+
     /// The calls a fault needs in a form a signal handler may make, if this
     /// store has one; `None` (the default) if not. A mapping opened with
     /// [`Delivery::InThread`](crate::Delivery::InThread) resolves faults in
@@ -358,6 +373,9 @@ macro_rules! forward_store {
             }
             fn signal_safe(&self) -> Option<&dyn SignalSafe> {
                 (**self).signal_safe()
+            }
+            fn unallocated_reads_zero(&self) -> bool {
+                (**self).unallocated_reads_zero()
             }
         }
     };

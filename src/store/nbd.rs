@@ -954,6 +954,12 @@ impl Store for NbdStore {
                 .map(|b| b as u64),
         ))
     }
+
+    /// `allocate` writes zeros over every block its bitmap does not hold,
+    /// and `allocated` reports that bitmap.
+    fn unallocated_reads_zero(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -172,6 +172,10 @@ impl<S: Store> Store for QuotaStore<S> {
     fn allocated(&self) -> io::Result<Vec<Range<u64>>> {
         self.inner.allocated()
     }
+
+    fn unallocated_reads_zero(&self) -> bool {
+        self.inner.unallocated_reads_zero()
+    }
 }
 
 #[cfg(test)]

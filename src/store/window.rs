@@ -134,6 +134,10 @@ impl<S: Store> Store for Window<S> {
     fn signal_safe(&self) -> Option<&dyn SignalSafe> {
         self.inner.signal_safe().map(|_| self as &dyn SignalSafe)
     }
+
+    fn unallocated_reads_zero(&self) -> bool {
+        self.inner.unallocated_reads_zero()
+    }
 }
 
 // SAFETY: shifts offsets and forwards to the inner store's signal-safe

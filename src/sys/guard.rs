@@ -142,6 +142,36 @@ mod arch {
         let regs = unsafe { &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
         regs[libc::REG_ERR as usize] & 2 != 0
     }
+
+    /// The signal mask of the interrupted code.
+    ///
+    /// # Safety
+    ///
+    /// As for [`guarded_at`].
+    pub(super) unsafe fn interrupted_mask(ctx: *mut libc::c_void) -> libc::sigset_t {
+        // SAFETY: per the contract.
+        unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_sigmask }
+    }
+}
+
+/// What the interrupted code let in: the resolver restores it (plus SIGBUS)
+/// before a long wait, so other signals reach the waiting thread.
+pub(crate) struct Interrupted(libc::sigset_t);
+
+impl Interrupted {
+    /// Unblocks the signals the interrupted code had unblocked, except
+    /// SIGBUS. Async-signal-safe (`pthread_sigmask`). Only call it holding
+    /// no lock: a signal handler that runs now may fault on a mapping.
+    pub(crate) fn let_signals_in(&self) {
+        let mut mask = self.0;
+        // SAFETY: a valid sigset, ours to edit; sigaddset and pthread_sigmask
+        // are async-signal-safe. The kernel restores the handler's caller's
+        // mask when the handler returns.
+        unsafe {
+            libc::sigaddset(&mut mask, libc::SIGBUS);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
+        }
+    }
 }
 
 /// What the in-thread resolver made of a kernel SIGBUS.
@@ -156,7 +186,9 @@ pub(crate) enum Verdict {
 }
 
 /// Resolves a fault at an address for a read or a write; async-signal-safe.
-pub(crate) type Resolver = fn(usize, bool) -> Verdict;
+/// It runs with every signal blocked (so no other handler can enter it
+/// while it holds a lock), and lets them in with [`Interrupted`] to wait.
+pub(crate) type Resolver = fn(usize, bool, &Interrupted) -> Verdict;
 
 static RESOLVER: OnceLock<Resolver> = OnceLock::new();
 
@@ -195,8 +227,14 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *mu
     if let (libc::SIGBUS, libc::BUS_ADRERR, Some(resolve)) = (signal, code, RESOLVER.get()) {
         // SAFETY: a kernel SIGBUS for a fault carries its address; the
         // context is this thread's.
-        let (addr, write) = unsafe { ((*info).si_addr() as usize, arch::faulted_writing(ctx)) };
-        match resolve(addr, write) {
+        let (addr, write, mask) = unsafe {
+            (
+                (*info).si_addr() as usize,
+                arch::faulted_writing(ctx),
+                Interrupted(arch::interrupted_mask(ctx)),
+            )
+        };
+        match resolve(addr, write, &mask) {
             Verdict::Resolved => return,
             // SAFETY: the siginfo is ours to edit until the handler returns.
             Verdict::Failed(errno) => unsafe { (*info).si_errno = errno },
@@ -277,16 +315,21 @@ pub(crate) fn install() -> io::Result<()> {
             let _ = PREVIOUS.set(previous);
             let mut ours: libc::sigaction = std::mem::zeroed();
             ours.sa_sigaction = on_fault as *const () as usize;
-            libc::sigemptyset(&mut ours.sa_mask);
             // SIGSEGV keeps the alternate stack, where a stack overflow must
             // be reported; SIGBUS runs on the thread's own stack, because
             // resolving a fault (store I/O, ioctls) needs more room than an
-            // alternate stack of SIGSTKSZ (8 KiB) has.
-            for (signal, flags) in [
-                (libc::SIGBUS, libc::SA_SIGINFO),
-                (libc::SIGSEGV, libc::SA_SIGINFO | libc::SA_ONSTACK),
+            // alternate stack of SIGSTKSZ (8 KiB) has, and with every signal
+            // blocked, so that no other handler can fault on a mapping while
+            // the resolver holds its lock (see `Interrupted`).
+            for (signal, flags, block_all) in [
+                (libc::SIGBUS, libc::SA_SIGINFO, true),
+                (libc::SIGSEGV, libc::SA_SIGINFO | libc::SA_ONSTACK, false),
             ] {
                 ours.sa_flags = flags;
+                match block_all {
+                    true => libc::sigfillset(&mut ours.sa_mask),
+                    false => libc::sigemptyset(&mut ours.sa_mask),
+                };
                 if libc::sigaction(signal, &ours, std::ptr::null_mut()) != 0 {
                     return Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
                 }
