@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{BLOCK_SIZES, Mount};
-use mkwrite::{Error, Mapping, MappingOptions};
+use mkwrite::{Delivery, Error, Mapping, MappingOptions};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -251,9 +251,17 @@ fn volatile(shared: &Shared, seed: u64, cells: &Mutex<Cells>) -> Outcome {
 
 /// One mapping under all the threads for `duration`; then the file must
 /// match the models.
-fn round(mount: &Mount, name: &str, block: u64, seed: u64, duration: Duration) -> Result<String, String> {
+fn round(
+    mount: &Mount,
+    name: &str,
+    block: u64,
+    delivery: Delivery,
+    seed: u64,
+    duration: Duration,
+) -> Result<String, String> {
     let path = mount.path(name);
     let map = MappingOptions::new()
+        .delivery(delivery)
         .capacity(CAPACITY)
         .block_size(block)
         .create(true)
@@ -315,7 +323,7 @@ fn round(mount: &Mount, name: &str, block: u64, seed: u64, duration: Duration) -
         judge_cell(&shared, &cells, index, cell).map_err(|e| format!("in the file: {e}"))?;
     }
     std::fs::remove_file(&path).map_err(|e| e.to_string())?;
-    Ok(format!("block {block}: {}", counts.join(", ")))
+    Ok(format!("block {block}, {delivery:?}: {}", counts.join(", ")))
 }
 
 /// Rounds of `MAPPINGS` mappings at once until `total` has passed.
@@ -331,7 +339,12 @@ fn run_for(total: Duration, first_seed: u64) {
                     let block = BLOCK_SIZES[(seed as usize + 2 * m) % BLOCK_SIZES.len()];
                     let mount = &mount;
                     let seed = seed * 1000 + m as u64;
-                    scope.spawn(move || round(mount, &format!("file-{m}"), block, seed, round_time))
+                    // Both deliveries at once, in one process.
+                    let delivery = match m % 2 {
+                        0 => Delivery::HandlerThread,
+                        _ => Delivery::InThread,
+                    };
+                    scope.spawn(move || round(mount, &format!("file-{m}"), block, delivery, seed, round_time))
                 })
                 .collect();
             rounds.into_iter().map(|r| r.join().unwrap()).collect()

@@ -21,7 +21,7 @@ use std::time::Instant;
 use common::{BLOCK_SIZES, Mount};
 use fsx::crash::{Acceptable, Campaign};
 use fsx::ops::{CAPACITY, Generator, Op, clip, data};
-use mkwrite::{Mapping, MappingOptions};
+use mkwrite::{Delivery, Mapping, MappingOptions};
 
 const CHILD: &str = "MKWRITE_CRASH_CHILD";
 const OPS: usize = 400;
@@ -30,12 +30,22 @@ const SLICE_KILLS: u64 = 50;
 fn main() {
     if let Ok(spec) = std::env::var(CHILD) {
         let mut words = spec.split_whitespace();
-        let (path, seed, block) = (
+        let (path, seed, block, delivery) = (
+            words.next().unwrap(),
             words.next().unwrap(),
             words.next().unwrap(),
             words.next().unwrap(),
         );
-        child(Path::new(path), seed.parse().unwrap(), block.parse().unwrap());
+        let delivery = match delivery {
+            "in-thread" => Delivery::InThread,
+            _ => Delivery::HandlerThread,
+        };
+        child(
+            Path::new(path),
+            seed.parse().unwrap(),
+            block.parse().unwrap(),
+            delivery,
+        );
         return;
     }
     let long = std::env::args().any(|a| a == "--ignored");
@@ -60,7 +70,7 @@ fn workload(seed: u64, block: u64) -> Vec<Op> {
 
 /// The child: runs the workload, saying on stdout which op it starts and
 /// which flushes completed.
-fn child(path: &Path, seed: u64, block: u64) {
+fn child(path: &Path, seed: u64, block: u64, delivery: Delivery) {
     let mut out = std::io::stdout().lock();
     let mut say = |line: String| {
         writeln!(out, "{line}").unwrap();
@@ -68,6 +78,7 @@ fn child(path: &Path, seed: u64, block: u64) {
     };
     let open = || {
         MappingOptions::new()
+            .delivery(delivery)
             .capacity(CAPACITY)
             .block_size(block)
             .open(path)
@@ -165,8 +176,14 @@ fn crash_campaign(seed: u64, kills: u64) {
     while let Some((run, block, run_seed)) = campaign.next_run(&BLOCK_SIZES) {
         let path = fs.path(&format!("crash-{run}"));
         std::fs::File::create(&path).unwrap();
+        // Every other child resolves its faults in-thread.
+        let delivery = if run % 2 == 1 {
+            "in-thread"
+        } else {
+            "handler-thread"
+        };
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .env(CHILD, format!("{} {run_seed} {block}", path.display()))
+            .env(CHILD, format!("{} {run_seed} {block} {delivery}", path.display()))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

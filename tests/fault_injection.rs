@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use common::injector::{Call, Fault, Fired, Injector, State};
 use common::{BLOCK_SIZES, Mount, page_size};
 use fsx::ops::{CAPACITY, Generator, Op, data};
-use mkwrite::{Error, FileStore, FullAction, Mapping, MappingOptions, OnFull};
+use mkwrite::{Delivery, Error, FileStore, FullAction, Mapping, MappingOptions, OnFull};
 
 /// The workload: the differential generator's ops minus reopen (a close
 /// whose flush fails drops the data by contract, so it is not swept).
@@ -35,7 +35,13 @@ fn workload(seed: u64, block: u64, ops: usize) -> Vec<Op> {
 /// says what became of the fault. Every op that made the store fail must
 /// itself report the failure: a fault still unreported after the op that
 /// fired it fails the run.
-fn run(dir: &Path, block: u64, ops: &[Op], fault: Option<(Fault, u64)>) -> Arc<Injector<FileStore>> {
+fn run(
+    dir: &Path,
+    block: u64,
+    ops: &[Op],
+    fault: Option<(Fault, u64)>,
+    delivery: Delivery,
+) -> Arc<Injector<FileStore>> {
     let path = dir.join("swept");
     let _ = std::fs::remove_file(&path);
     let store = FileStore::create(&path).unwrap().with_block_size(block).unwrap();
@@ -46,6 +52,7 @@ fn run(dir: &Path, block: u64, ops: &[Op], fault: Option<(Fault, u64)>) -> Arc<I
     let raw_reports: Arc<Mutex<Vec<String>>> = Arc::default();
     let (seen, reporter) = (Arc::clone(&raw_reports), Arc::clone(&injector));
     let map = MappingOptions::new()
+        .delivery(delivery)
         .capacity(CAPACITY)
         .on_full(OnFull::callback(move |full| {
             // A raw write's report is this call, for a page over the block
@@ -339,7 +346,7 @@ struct Swept {
 /// each must fire and be reported by the call that fired it.
 fn sweep(dir: &Path, block: u64, seed: u64, ops: usize) -> Swept {
     let ops = workload(seed, block, ops);
-    let dry = run(dir, block, &ops, None);
+    let dry = run(dir, block, &ops, None, Delivery::HandlerThread);
     assert_eq!(dry.state(), State::Armed, "the dry run injects nothing");
     let mut swept = Swept {
         runs: 0,
@@ -354,7 +361,14 @@ fn sweep(dir: &Path, block: u64, seed: u64, ops: usize) -> Swept {
             fault.call()
         );
         for n in 0..calls {
-            let injector = run(dir, block, &ops, Some((fault, n)));
+            // Every other run resolves its faults in-thread (the injecting
+            // store is not signal-safe: they go through the hand-off), with
+            // the same store calls in the same order.
+            let delivery = match n % 2 {
+                0 => Delivery::HandlerThread,
+                _ => Delivery::InThread,
+            };
+            let injector = run(dir, block, &ops, Some((fault, n)), delivery);
             match injector.state() {
                 State::Reported(fired) => swept.held += u64::from(fired.times > 1),
                 // Met only ahead of a writer and never needed: nothing to
