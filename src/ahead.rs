@@ -13,6 +13,9 @@ const READ_AHEAD_MAX: u64 = 32;
 /// Pages allocated ahead of a sequential writer at most (1 MiB: on ext4 one
 /// `fallocate` of 1 MiB costs what one of 4 KiB does).
 const ALLOCATE_AHEAD_MAX: u64 = 256;
+/// Pages filled around a read fault that is not sequential: the aligned
+/// group holding it (64 KiB, the kernel's `fault_around_bytes`).
+const FAULT_AROUND: u64 = 16;
 /// Pages one fault fills at most: the faulting page and those read ahead.
 pub(crate) const MAX_FILL_PAGES: u64 = READ_AHEAD_MAX + 1;
 
@@ -90,6 +93,20 @@ impl Streams {
         self.read.on_fault(page, READ_AHEAD_MAX, self.advice)
     }
 
+    /// The pages a read fault at `page` that is not sequential may fill
+    /// besides it: the aligned group of [`FAULT_AROUND`] pages holding it, as
+    /// the kernel's fault-around maps a file's cached neighbours; only the
+    /// page itself under [`Advice::Random`].
+    pub fn around(&self, page: u64) -> std::ops::Range<u64> {
+        match self.advice {
+            Advice::Random => page..page + 1,
+            _ => {
+                let first = page / FAULT_AROUND * FAULT_AROUND;
+                first..first + FAULT_AROUND
+            }
+        }
+    }
+
     /// A write fault at `page`: how many pages after it to allocate for too.
     pub fn write_fault(&mut self, page: u64) -> u64 {
         self.write.on_fault(page, ALLOCATE_AHEAD_MAX, self.advice)
@@ -135,6 +152,14 @@ mod tests {
             1,
             "and a new run starts small"
         );
+    }
+
+    #[test]
+    fn a_random_read_fills_its_aligned_group_unless_advised_random() {
+        let mut s = Streams::default();
+        assert_eq!(s.around(37), 32..48);
+        s.advice = Advice::Random;
+        assert_eq!(s.around(37), 37..38);
     }
 
     #[test]

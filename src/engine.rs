@@ -257,8 +257,15 @@ impl Engine {
     ) -> Result<Resolved, Failure> {
         match (flags.residency(page), access) {
             (Residency::Absent, Access::Read) => {
-                let ahead = relock(self.streams.lock()).read_fault(page);
-                self.fill_run(flags, page, ahead, false, calls)?;
+                let (ahead, around) = {
+                    let mut streams = relock(self.streams.lock());
+                    (streams.read_fault(page), streams.around(page))
+                };
+                let (first, ahead) = match ahead {
+                    0 => self.around(flags, page, around),
+                    ahead => (page, ahead),
+                };
+                self.fill_run(flags, first, ahead, false, calls)?;
                 Ok(Resolved::FilledForRead)
             }
             (Residency::Absent, Access::Write) => {
@@ -330,15 +337,7 @@ impl Engine {
     ) -> Result<(), Failure> {
         let count = 1
             + (1..=ahead)
-                .take_while(|&i| {
-                    let p = page + i;
-                    p < self.geo.pages()
-                        && !flags.past_eof(p)
-                        && flags.residency(p) == Residency::Absent
-                        && !flags.is_poisoned(p)
-                        && !self.is_fenced(p)
-                        && (!writable || flags.missing_blocks(p).is_none())
-                })
+                .take_while(|&i| self.fillable(flags, page + i, writable))
                 .count() as u64;
         let zeros =
             self.store.unallocated_reads_zero() && (page..page + count).all(|p| flags.reads_as_zeros(p));
@@ -376,6 +375,30 @@ impl Engine {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether the fill of a fault may take page `p` along: absent, below
+    /// EOF, neither poisoned nor fenced, and for writing, its blocks held.
+    fn fillable(&self, flags: &Flags, p: u64, writable: bool) -> bool {
+        p < self.geo.pages()
+            && !flags.past_eof(p)
+            && flags.residency(p) == Residency::Absent
+            && !flags.is_poisoned(p)
+            && !self.is_fenced(p)
+            && (!writable || flags.missing_blocks(p).is_none())
+    }
+
+    /// The run of fillable pages within `group` holding `page`, for a read
+    /// fault that is not sequential: its first page, and how many follow.
+    fn around(&self, flags: &Flags, page: u64, group: Range<u64>) -> (u64, u64) {
+        if !self.fillable(flags, page, false) {
+            return (page, 0);
+        }
+        let mut first = page;
+        while first > group.start && self.fillable(flags, first - 1, false) {
+            first -= 1;
+        }
+        (first, group.end.saturating_sub(first + 1))
     }
 
     pub fn allocate(&self, flags: &mut Flags, blocks: Range<u64>) -> Result<(), Failure> {

@@ -1,10 +1,12 @@
 //! Per-block and per-page flags, and the transitions between them. Pure logic:
 //! no system calls, so every rule here is unit-tested on its own.
 //!
-//! * per block: **allocated** — the store holds a block for it; and
-//!   **zeroed** — allocated by a fault from a hole, no page over it has been
-//!   in memory since, so it still reads as zeros (when the store promises
-//!   [`unallocated_reads_zero`](crate::Store::unallocated_reads_zero));
+//! * per block: **allocated** — the store holds a block for it;
+//! * per unit (the smaller of a page and a block): **zeroed** — its block
+//!   was allocated by a fault from a hole and its page has not been in
+//!   memory since, so its bytes still read as zeros (when the store promises
+//!   [`unallocated_reads_zero`](crate::Store::unallocated_reads_zero)); with
+//!   blocks larger than a page, each page's share of a block is its own;
 //! * per page: **residency** (absent, protected, writable) and **dirty** —
 //!   memory may differ from the store.
 //!
@@ -57,7 +59,7 @@ impl Flags {
             pages: vec![Residency::Absent; geo.pages() as usize],
             dirty: FixedBitSet::with_capacity(geo.pages() as usize),
             allocated: FixedBitSet::with_capacity(geo.blocks() as usize),
-            zeroed: FixedBitSet::with_capacity(geo.blocks() as usize),
+            zeroed: FixedBitSet::with_capacity(units(&geo) as usize),
             poisoned: FixedBitSet::with_capacity(geo.pages() as usize),
             locked: FixedBitSet::with_capacity(geo.pages() as usize),
             lost: Vec::new(),
@@ -88,7 +90,7 @@ impl Flags {
             pages,
             dirty: grown(&self.dirty, geo.pages()),
             allocated: grown(&self.allocated, geo.blocks()),
-            zeroed: grown(&self.zeroed, geo.blocks()),
+            zeroed: grown(&self.zeroed, units(&geo)),
             poisoned: FixedBitSet::with_capacity(geo.pages() as usize),
             locked: grown(&self.locked, geo.pages()),
             lost: self.lost.clone(),
@@ -129,31 +131,37 @@ impl Flags {
         Some(first..last + 1)
     }
 
-    /// Whether every block under `page` below EOF is unallocated or
-    /// zeroed: in a store whose holes read as zeros, the page does.
-    pub fn reads_as_zeros(&self, page: u64) -> bool {
-        self.geo
-            .blocks_backing(page, self.eof)
-            .all(|b| !self.is_allocated(b) || self.zeroed.contains(b as usize))
+    /// The zeroed-bit units over `bytes` (rounded out).
+    fn units_over(&self, bytes: Range<u64>) -> Range<usize> {
+        let unit = unit(&self.geo);
+        let end = bytes.end.div_ceil(unit).min(units(&self.geo));
+        (bytes.start / unit).min(end) as usize..end as usize
     }
 
-    /// Marks `blocks` allocated; those that were not are zeroed too.
+    /// Whether every unit of `page` below EOF lies in an unallocated block
+    /// or is zeroed: in a store whose holes read as zeros, the page does.
+    pub fn reads_as_zeros(&self, page: u64) -> bool {
+        let bytes = self.geo.page_bytes(page);
+        let unit = unit(&self.geo);
+        self.units_over(bytes.start..bytes.end.min(self.eof))
+            .all(|u| !self.is_allocated(u as u64 * unit / self.geo.block) || self.zeroed.contains(u))
+    }
+
+    /// Marks `blocks` allocated; the units of those that were not are zeroed.
     pub fn mark_allocated_from_holes(&mut self, blocks: Range<u64>) {
         for b in blocks.clone() {
             if !self.is_allocated(b) {
-                self.zeroed.insert(b as usize);
+                let units = self.units_over(self.geo.block_bytes(b));
+                self.zeroed.insert_range(units);
             }
         }
         self.mark_allocated(blocks);
     }
 
-    /// `page` is coming into memory: its blocks may take data from now on.
+    /// `page` is coming into memory: its bytes in the store may change.
     fn touched(&mut self, page: u64) {
-        let blocks = self.geo.blocks_overlapping(&self.geo.page_bytes(page));
-        let end = blocks.end.min(self.geo.blocks());
-        if blocks.start < end {
-            self.zeroed.remove_range(blocks.start as usize..end as usize);
-        }
+        let units = self.units_over(self.geo.page_bytes(page));
+        self.zeroed.remove_range(units);
     }
 
     /// The first run of unallocated blocks in `blocks`, if any; allocates
@@ -175,7 +183,9 @@ impl Flags {
         let end = blocks.end.min(self.geo.blocks());
         if blocks.start < end {
             self.allocated.remove_range(blocks.start as usize..end as usize);
-            self.zeroed.remove_range(blocks.start as usize..end as usize);
+            let units =
+                self.units_over(self.geo.block_bytes(blocks.start).start..self.geo.block_bytes(end - 1).end);
+            self.zeroed.remove_range(units);
         }
     }
 
@@ -356,6 +366,15 @@ impl Flags {
     }
 }
 
+/// The granularity of the zeroed bits: a page's share of a block.
+fn unit(geo: &Geometry) -> u64 {
+    geo.page.min(geo.block)
+}
+
+fn units(geo: &Geometry) -> u64 {
+    geo.capacity / unit(geo)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,11 +413,19 @@ mod tests {
         assert!(!f.reads_as_zeros(0), "it was allocated already");
         assert!(f.reads_as_zeros(4) && f.reads_as_zeros(7));
         f.granted_write(5);
-        assert!(!f.reads_as_zeros(4), "page 5 may have put data in the block");
+        assert!(!f.reads_as_zeros(5), "page 5 may have put data in its share");
+        assert!(f.reads_as_zeros(4), "page 4's share of the block is untouched");
         assert!(f.reads_as_zeros(8), "the next block is a hole");
         f.forget_allocated(1..2);
         f.mark_allocated(1..2);
-        assert!(!f.reads_as_zeros(4));
+        assert!(!f.reads_as_zeros(4), "reported by the store: may hold data");
+        let mut small = flags(1024, 64 * 1024); // four blocks a page
+        small.mark_allocated(1..2);
+        small.mark_allocated_from_holes(0..8);
+        assert!(!small.reads_as_zeros(0), "block 1 held data");
+        assert!(small.reads_as_zeros(1));
+        small.filled_for_read(1);
+        assert!(!small.reads_as_zeros(1));
     }
 
     #[test]

@@ -101,6 +101,20 @@ fn advice_sets_how_far_reads_fill_ahead() {
 }
 
 #[test]
+fn a_read_that_is_not_sequential_fills_its_aligned_group() {
+    let map = written(Advice::Normal);
+    assert_eq!(peek(&map, 37 * PAGE + 5), 9);
+    assert_eq!(map.stats().pages_resident, 16, "pages 32..48 came with it");
+    for p in 32..48 {
+        assert_eq!(peek(&map, p * PAGE), 9);
+    }
+    assert_eq!(map.stats().faults_missing_read, 1, "its neighbours read free");
+    let random = written(Advice::Random);
+    assert_eq!(peek(&random, 37 * PAGE), 9);
+    assert_eq!(random.stats().pages_resident, 1, "Random reads only the page");
+}
+
+#[test]
 fn will_need_fills_a_range_without_a_fault() {
     let map = written(Advice::Normal);
     map.advise(Advice::WillNeed, 8 * PAGE as u64, 8 * PAGE as u64)
