@@ -76,6 +76,15 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// A fault filled `count` pages from `first` (around the faulting page):
+    /// a reader going on from there is sequential, with that window.
+    pub fn filled(&mut self, first: u64, count: u64) {
+        self.next = first + count;
+        self.window = count.saturating_sub(1);
+    }
+}
+
 /// The read and write detectors of one mapping, and its advice.
 #[derive(Debug, Default)]
 pub(crate) struct Streams {
@@ -160,6 +169,18 @@ mod tests {
         assert_eq!(s.around(37), 32..48);
         s.advice = Advice::Random;
         assert_eq!(s.around(37), 37..38);
+    }
+
+    #[test]
+    fn a_reader_going_on_after_a_fill_around_is_sequential() {
+        let mut s = Stream::default();
+        assert_eq!(s.on_fault(37, 32, Advice::Normal), 0);
+        s.filled(32, 16);
+        assert_eq!(
+            s.on_fault(48, 32, Advice::Normal),
+            30,
+            "the window goes on from 16 pages"
+        );
     }
 
     #[test]

@@ -261,11 +261,16 @@ impl Engine {
                     let mut streams = relock(self.streams.lock());
                     (streams.read_fault(page), streams.around(page))
                 };
-                let (first, ahead) = match ahead {
-                    0 => self.around(flags, page, around),
-                    ahead => (page, ahead),
+                let sequential = ahead > 0;
+                let (first, ahead) = match sequential {
+                    true => (page, ahead),
+                    false => self.around(flags, page, around),
                 };
-                self.fill_run(flags, first, ahead, false, calls)?;
+                let count = self.fill_run(flags, first, ahead, false, calls)?;
+                if !sequential {
+                    // Filled around: a reader going on from its end is sequential.
+                    relock(self.streams.lock()).read.filled(first, count);
+                }
                 Ok(Resolved::FilledForRead)
             }
             (Residency::Absent, Access::Write) => {
@@ -334,7 +339,7 @@ impl Engine {
         ahead: u64,
         writable: bool,
         calls: StoreCalls<'_>,
-    ) -> Result<(), Failure> {
+    ) -> Result<u64, Failure> {
         let count = 1
             + (1..=ahead)
                 .take_while(|&i| self.fillable(flags, page + i, writable))
@@ -360,7 +365,7 @@ impl Engine {
                 for p in page..page + count {
                     filled(flags, p);
                 }
-                Ok(())
+                Ok(count)
             }
             Err(e) if count > 1 => {
                 // Some page ahead was not what the flags said; drop whatever
@@ -371,7 +376,7 @@ impl Engine {
                     .map_err(|_| e)?;
                 self.install(page, &buf[..self.geo.page as usize], writable)?;
                 filled(flags, page);
-                Ok(())
+                Ok(1)
             }
             Err(e) => Err(e.into()),
         }

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::flags::Residency;
 use crate::handoff::Posted;
 use crate::registry::Registry;
-use crate::sys::guard::{self, Interrupted, Verdict};
+use crate::sys::guard::{self, Interrupted, PageFault, Verdict};
 
 /// Mappings resolved in-thread at once, at most.
 const MAX_MAPPINGS: usize = 16 * 1024;
@@ -67,7 +67,7 @@ pub(crate) fn register(engine: &Arc<Engine>) -> Result<Registration> {
 
 /// The resolver the SIGBUS handler asks first. Async-signal-safe: the
 /// registry lookup is atomics only; see the module docs for the rest.
-fn resolve(addr: usize, write: bool, interrupted: &Interrupted) -> Verdict {
+fn resolve(addr: usize, fault: PageFault, interrupted: &Interrupted) -> Verdict {
     let Some(registry) = MAPPINGS.get() else {
         return Verdict::NotOurs;
     };
@@ -77,21 +77,21 @@ fn resolve(addr: usize, write: bool, interrupted: &Interrupted) -> Verdict {
     let Some(engine) = registry.find(addr, |e| e.owner == pid && e.region.contains(addr)) else {
         return Verdict::NotOurs;
     };
-    engine.fault_in_thread(addr as u64, write, interrupted)
+    engine.fault_in_thread(addr as u64, fault, interrupted)
 }
 
 impl Engine {
     /// Resolves a fault at `addr` in the faulting thread, or hands it off
     /// and waits for the answer.
-    fn fault_in_thread(&self, addr: u64, write: bool, interrupted: &Interrupted) -> Verdict {
+    fn fault_in_thread(&self, addr: u64, fault: PageFault, interrupted: &Interrupted) -> Verdict {
         let page = self.geo.page_of(addr - self.region.base());
-        let access = if write { Access::Write } else { Access::Read };
-        if self.resolved_here(page, access) {
+        let access = if fault.write { Access::Write } else { Access::Read };
+        if self.resolved_here(page, access, fault.present) {
             return Verdict::Resolved;
         }
         let fault = Posted {
             address: addr,
-            write,
+            write: fault.write,
             thread: crate::sys::thread_id(),
         };
         // The wait may be long (a full store under `OnFull::Wait`): let the
@@ -106,15 +106,19 @@ impl Engine {
     }
 
     /// Tries to resolve the fault in this signal handler; false if it must
-    /// be handed off. Counts the fault either way.
-    fn resolved_here(&self, page: u64, access: Access) -> bool {
+    /// be handed off. Counts the fault either way. `present`: the CPU found
+    /// the page mapped (a write-protect fault).
+    fn resolved_here(&self, page: u64, access: Access, present: bool) -> bool {
         let mut flags = self.lock_flags();
         let resident = || self.region.is_resident(self.page_offset(page)).ok();
         let write_protect = match (flags.residency(page), access) {
             (Residency::Absent, _) => false,
-            // A write to a protected page, unless the page was dropped
-            // behind the mapping's back (then it is missing: hand it off,
-            // the service reconciles).
+            // A write to a page the CPU found mapped and the flags protect.
+            (Residency::Protected, Access::Write) if present => true,
+            // A write to a protected page the CPU found missing: dropped
+            // behind the mapping's back (hand it off, the service
+            // reconciles), or filled by another thread since (a write-protect
+            // fault now).
             (Residency::Protected, Access::Write) => match resident() {
                 Some(true) => true,
                 _ => {

@@ -131,16 +131,21 @@ mod arch {
         regs[libc::REG_RIP as usize] = &raw const mkwrite_guarded_fixup as usize as i64;
     }
 
-    /// Whether the page fault behind this signal was a write (bit 1 of the
-    /// x86 page-fault error code, which the kernel saves in `REG_ERR`).
+    /// The page fault behind this signal, from the x86 page-fault error
+    /// code the kernel saves in `REG_ERR`: bit 1 set for a write, bit 0 set
+    /// when the page was present (a protection fault, not a missing page).
     ///
     /// # Safety
     ///
     /// As for [`guarded_at`].
-    pub(super) unsafe fn faulted_writing(ctx: *mut libc::c_void) -> bool {
+    pub(super) unsafe fn page_fault(ctx: *mut libc::c_void) -> super::PageFault {
         // SAFETY: per the contract.
         let regs = unsafe { &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
-        regs[libc::REG_ERR as usize] & 2 != 0
+        let code = regs[libc::REG_ERR as usize];
+        super::PageFault {
+            write: code & 2 != 0,
+            present: code & 1 != 0,
+        }
     }
 
     /// The signal mask of the interrupted code.
@@ -174,6 +179,15 @@ impl Interrupted {
     }
 }
 
+/// What the faulting access was, as the CPU reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PageFault {
+    /// A write (otherwise a read).
+    pub write: bool,
+    /// The page was mapped (a write-protect fault), not missing.
+    pub present: bool,
+}
+
 /// What the in-thread resolver made of a kernel SIGBUS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -188,7 +202,7 @@ pub(crate) enum Verdict {
 /// Resolves a fault at an address for a read or a write; async-signal-safe.
 /// It runs with every signal blocked (so no other handler can enter it
 /// while it holds a lock), and lets them in with [`Interrupted`] to wait.
-pub(crate) type Resolver = fn(usize, bool, &Interrupted) -> Verdict;
+pub(crate) type Resolver = fn(usize, PageFault, &Interrupted) -> Verdict;
 
 static RESOLVER: OnceLock<Resolver> = OnceLock::new();
 
@@ -227,14 +241,14 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *mu
     if let (libc::SIGBUS, libc::BUS_ADRERR, Some(resolve)) = (signal, code, RESOLVER.get()) {
         // SAFETY: a kernel SIGBUS for a fault carries its address; the
         // context is this thread's.
-        let (addr, write, mask) = unsafe {
+        let (addr, fault, mask) = unsafe {
             (
                 (*info).si_addr() as usize,
-                arch::faulted_writing(ctx),
+                arch::page_fault(ctx),
                 Interrupted(arch::interrupted_mask(ctx)),
             )
         };
-        match resolve(addr, write, &mask) {
+        match resolve(addr, fault, &mask) {
             Verdict::Resolved => return,
             // SAFETY: the siginfo is ours to edit until the handler returns.
             Verdict::Failed(errno) => unsafe { (*info).si_errno = errno },
