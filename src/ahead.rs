@@ -85,14 +85,46 @@ impl Stream {
     }
 }
 
+/// Sequential streams followed at once: threads working through regions of
+/// their own each keep their window.
+const STREAMS: usize = 4;
+
+/// Several streams of one direction: a fault continues the stream that
+/// expected it, or replaces the one used longest ago.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Detector {
+    streams: [Stream; STREAMS],
+    used: [u64; STREAMS],
+    tick: u64,
+    /// The stream of the last fault.
+    current: usize,
+}
+
+impl Detector {
+    /// A fault at `page`: how many pages after it to handle with it.
+    pub fn on_fault(&mut self, page: u64, max: u64, advice: Advice) -> u64 {
+        self.tick += 1;
+        let continued = self.streams.iter().position(|s| s.next == page && page != 0);
+        let oldest = || (0..STREAMS).min_by_key(|&i| self.used[i]).unwrap_or(0);
+        self.current = continued.unwrap_or_else(oldest);
+        self.used[self.current] = self.tick;
+        self.streams[self.current].on_fault(page, max, advice)
+    }
+
+    /// The last fault filled `count` pages from `first`: see [`Stream::filled`].
+    pub fn filled(&mut self, first: u64, count: u64) {
+        self.streams[self.current].filled(first, count);
+    }
+}
+
 /// The read and write detectors of one mapping, and its advice.
 #[derive(Debug, Default)]
 pub(crate) struct Streams {
-    pub read: Stream,
-    pub write: Stream,
+    pub read: Detector,
+    pub write: Detector,
     /// Writes filling pages (the allocation stream moves only when blocks
     /// are missing, this one at every missing-page write).
-    pub write_fill: Stream,
+    pub write_fill: Detector,
     pub advice: Advice,
 }
 
@@ -181,6 +213,27 @@ mod tests {
             30,
             "the window goes on from 16 pages"
         );
+    }
+
+    #[test]
+    fn two_interleaved_writers_each_keep_their_window() {
+        let mut d = Detector::default();
+        let (mut a, mut b) = (1u64, 1001u64);
+        let mut windows = Vec::new();
+        for _ in 0..5 {
+            let wa = d.on_fault(a, 32, Advice::Normal);
+            let wb = d.on_fault(b, 32, Advice::Normal);
+            windows.push((wa, wb));
+            a += 1 + wa;
+            b += 1 + wb;
+        }
+        assert_eq!(windows, [(0, 0), (1, 1), (2, 2), (4, 4), (8, 8)]);
+        assert_eq!(
+            d.on_fault(5000, 32, Advice::Normal),
+            0,
+            "a jump starts its own stream"
+        );
+        assert_eq!(d.on_fault(a, 32, Advice::Normal), 16, "and the others go on");
     }
 
     #[test]

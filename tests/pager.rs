@@ -472,6 +472,32 @@ fn demo_stat_and_script_name_the_userfaultfd_mode() {
     assert!(answers[0].ends_with(" uffd=syscall"), "{answers:?}");
 }
 
+#[test]
+fn in_thread_delivery_writes_reads_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f");
+    let f = file.to_str().unwrap();
+    setup(&["truncate", f, "64K"]);
+    let stat = pager()
+        .args(["stat", "--delivery", "in-thread", f])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&stat.stdout);
+    assert!(text.lines().any(|l| l == "delivery=in-thread"), "{text}");
+    // Raw pokes through the faulting thread's own handler, then peeks.
+    let answers = script(
+        &["--delivery", "in-thread", f],
+        "poke 100 8192 7
+peek 100 8192
+flush
+",
+    );
+    assert_eq!(answers[0], "ok", "{answers:?}");
+    assert_eq!(answers[1], format!("ok {}", sha(&[7; 8192])), "{answers:?}");
+    assert_eq!(answers[2], "ok", "{answers:?}");
+    assert!(std::fs::read(&file).unwrap()[100..8292].iter().all(|&b| b == 7));
+}
+
 /// A pseudo-terminal wide enough for the whole bar: (master, slave).
 fn pty() -> (File, OwnedFd) {
     let (mut master, mut slave) = (-1, -1);

@@ -263,7 +263,8 @@ fn stat(file: &Path, common: &Common) -> Result<(), Failure> {
     let (len, block_size) = (store.len(), store.block_size());
     let total = len.div_ceil(block_size);
     // The mode a mapping of this file gets on this system, as this user.
-    let origin = common.map(store, Access::ReadOnly)?.userfaultfd_origin();
+    let map = common.map(store, Access::ReadOnly)?;
+    let (origin, delivery) = (map.userfaultfd_origin(), map.delivery());
     let mut out = Out::new();
     outln!(out, "len={len}")?;
     outln!(out, "block_size={block_size}")?;
@@ -271,6 +272,11 @@ fn stat(file: &Path, common: &Common) -> Result<(), Failure> {
     outln!(out, "blocks_allocated={blocks}")?;
     outln!(out, "holes={}", holes(&allocated, total))?;
     outln!(out, "userfaultfd={}", origin_word(origin))?;
+    let delivery = match delivery {
+        mkwrite::Delivery::InThread => "in-thread",
+        _ => "handler-thread",
+    };
+    outln!(out, "delivery={delivery}")?;
     if origin == mkwrite::UffdOrigin::UserModeOnly {
         say(format_args!(
             "pager: note: userfaultfd is {}",

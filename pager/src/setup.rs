@@ -4,8 +4,8 @@ use std::path::Path;
 
 use clap::{Args, ValueEnum};
 use mkwrite::{
-    FileStore, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Mapping, MappingOptions, MemStore, NbdOptions, OnFull,
-    QuotaStore, Store, UffdOrigin,
+    Delivery, FileStore, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Mapping, MappingOptions, MemStore, NbdOptions,
+    OnFull, QuotaStore, Store, UffdOrigin,
 };
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -14,6 +14,14 @@ pub enum StoreKind {
     File,
     /// Memory of --mem-size bytes; the file is not touched.
     Mem,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeliveryArg {
+    /// The mapping's thread resolves faults (system calls on the mapping work as with mmap).
+    HandlerThread,
+    /// The faulting thread resolves its own fault in a SIGBUS handler (faster).
+    InThread,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +79,9 @@ pub struct Common {
     /// What a raw write to a full store does (the CLI's own writes are checked: `error`).
     #[arg(long, value_enum, default_value = "error")]
     pub on_full: OnFullArg,
+    /// Who resolves a fault.
+    #[arg(long, value_enum, default_value = "handler-thread")]
+    pub delivery: DeliveryArg,
 }
 
 impl Common {
@@ -124,6 +135,10 @@ impl Common {
             OnFullArg::Sigbus | OnFullArg::Error => OnFull::Sigbus,
         });
         opts.read_only(access == Access::ReadOnly);
+        opts.delivery(match self.delivery {
+            DeliveryArg::HandlerThread => Delivery::HandlerThread,
+            DeliveryArg::InThread => Delivery::InThread,
+        });
         opts.map_store(store)
     }
 }
