@@ -214,12 +214,8 @@ impl Engine {
         self.resolve_with(flags, page, access, StoreCalls::Ordinary, false)
     }
 
-    /// [`resolve`](Self::resolve) for a fault, with the store's `calls` of
-    /// choice: ahead of a sequential writer it makes the next pages writable
-    /// too (they are dirty from then on, written or not). Allocates no
-    /// memory on its way to success (the scratch buffer is preallocated
-    /// where a signal handler may come here).
-    pub fn resolve_fault(
+    /// The last step of [`resolve_fault`](Self::resolve_fault), under the lock.
+    pub fn resolve_for_fault(
         &self,
         flags: &mut Flags,
         page: u64,
@@ -297,34 +293,49 @@ impl Engine {
     /// next pages' blocks in the same call; if the store cannot, only this
     /// page's blocks are asked for, so working ahead never fails a write.
     fn allocate_under(&self, flags: &mut Flags, page: u64, calls: StoreCalls<'_>) -> Result<(), Failure> {
-        let Some(blocks) = flags.missing_blocks(page) else {
+        let Some(own) = flags.missing_blocks(page) else {
             return Ok(());
         };
-        let ahead = relock(self.streams.lock()).write_fault(page);
-        if ahead > 0 {
-            // Never past EOF: a block wholly past it must stay unallocated.
-            let eof_blocks = flags.eof().div_ceil(self.geo.block);
-            let end = self
-                .geo
-                .blocks_backing(page + ahead, flags.eof())
-                .end
-                .min(eof_blocks)
-                .max(blocks.end);
-            let mut from = blocks.start;
+        let span = self.allocation_ahead(flags, page, own.clone());
+        if span != own {
+            let mut from = span.start;
             let mut all = true;
-            while let Some(run) = flags.unallocated_run(from..end) {
+            while let Some(run) = flags.unallocated_run(from..span.end) {
                 from = run.end;
                 all &= self.allocate_with(flags, run, calls).is_ok();
             }
             if all {
                 return Ok(());
             }
-            let Some(blocks) = flags.missing_blocks(page) else {
+            let Some(own) = flags.missing_blocks(page) else {
                 return Ok(());
             };
-            return self.allocate_with(flags, blocks, calls);
+            return self.allocate_with(flags, own, calls);
         }
-        self.allocate_with(flags, blocks, calls)
+        self.allocate_with(flags, own, calls)
+    }
+
+    /// The blocks a write fault at `page` asks for: its `own` missing ones,
+    /// and ahead of a sequential writer those of the next pages, never past
+    /// EOF (a block wholly past it must stay unallocated); the span ends at
+    /// a block not yet allocated.
+    pub fn allocation_ahead(&self, flags: &Flags, page: u64, own: Range<u64>) -> Range<u64> {
+        let ahead = relock(self.streams.lock()).write_fault(page);
+        if ahead == 0 {
+            return own;
+        }
+        let eof_blocks = flags.eof().div_ceil(self.geo.block);
+        let end = self
+            .geo
+            .blocks_backing(page + ahead, flags.eof())
+            .end
+            .min(eof_blocks)
+            .max(own.end);
+        let last = (own.end..end)
+            .rev()
+            .find(|&b| !flags.is_allocated(b))
+            .map_or(own.end, |b| b + 1);
+        own.start..last
     }
 
     /// Fills the absent `page`, and up to `ahead` absent pages after it
@@ -416,13 +427,29 @@ impl Engine {
         blocks: Range<u64>,
         calls: StoreCalls<'_>,
     ) -> Result<(), Failure> {
-        let allocated = self.counters.timed(Timer::StoreAllocate, || match calls {
+        let allocated = self.store_allocate(blocks.clone(), calls);
+        self.allocated(flags, blocks, allocated, calls)
+    }
+
+    /// The store's allocation of `blocks`, timed; no flag changes.
+    pub fn store_allocate(&self, blocks: Range<u64>, calls: StoreCalls<'_>) -> io::Result<()> {
+        self.counters.timed(Timer::StoreAllocate, || match calls {
             StoreCalls::Ordinary => self.store.allocate(blocks.clone()),
             StoreCalls::InSignal(store) => store
                 .allocate_in_signal(blocks.clone())
                 .map_err(io::Error::from_raw_os_error),
-        });
-        match allocated {
+        })
+    }
+
+    /// Records the outcome of [`store_allocate`](Self::store_allocate) of `blocks`.
+    pub fn allocated(
+        &self,
+        flags: &mut Flags,
+        blocks: Range<u64>,
+        outcome: io::Result<()>,
+        calls: StoreCalls<'_>,
+    ) -> Result<(), Failure> {
+        match outcome {
             Ok(()) => {
                 self.counters.add_blocks(blocks.end - blocks.start);
                 match self.store.unallocated_reads_zero() {

@@ -23,6 +23,7 @@ use std::ops::Range;
 
 use fixedbitset::FixedBitSet;
 
+use crate::claims::Claims;
 use crate::geometry::{Geometry, intersect};
 
 /// Whether a page is in memory and whether it may be written without a fault.
@@ -48,6 +49,8 @@ pub(crate) struct Flags {
     poisoned: FixedBitSet,
     locked: FixedBitSet,
     lost: Vec<Range<u64>>,
+    /// Block ranges being allocated with the lock released (`claims.rs`).
+    pub claims: Claims,
 }
 
 impl Flags {
@@ -63,6 +66,7 @@ impl Flags {
             poisoned: FixedBitSet::with_capacity(geo.pages() as usize),
             locked: FixedBitSet::with_capacity(geo.pages() as usize),
             lost: Vec::new(),
+            claims: Claims::default(),
         };
         for r in allocated {
             flags.mark_allocated(r.start.min(geo.blocks())..r.end.min(geo.blocks()));
@@ -94,6 +98,7 @@ impl Flags {
             poisoned: FixedBitSet::with_capacity(geo.pages() as usize),
             locked: grown(&self.locked, geo.pages()),
             lost: self.lost.clone(),
+            claims: Claims::default(),
         }
     }
 

@@ -253,8 +253,9 @@ fn resolve(engine: &Engine, fault: &Fault) -> Result<(), Failure> {
         // forever and the thread would refault in a loop.
         engine.reconcile(&mut flags, page)?;
     }
-    let resolved = engine.resolve_fault(&mut flags, page, access, StoreCalls::Ordinary)?;
-    if resolved == Resolved::AlreadyReady && fault.slot.is_none() {
+    let (flags, resolved) = engine.resolve_fault(flags, page, access, StoreCalls::Ordinary);
+    drop(flags);
+    if resolved? == Resolved::AlreadyReady && fault.slot.is_none() {
         // Someone else resolved the page first; the faulting thread waits.
         engine.wake(page)?;
     }

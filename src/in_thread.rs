@@ -109,7 +109,7 @@ impl Engine {
     /// be handed off. Counts the fault either way. `present`: the CPU found
     /// the page mapped (a write-protect fault).
     fn resolved_here(&self, page: u64, access: Access, present: bool) -> bool {
-        let mut flags = self.lock_flags();
+        let flags = self.lock_flags();
         let resident = || self.region.is_resident(self.page_offset(page)).ok();
         let write_protect = match (flags.residency(page), access) {
             (Residency::Absent, _) => false,
@@ -140,7 +140,8 @@ impl Engine {
             Some(store) if !self.failed.load(Ordering::SeqCst) => StoreCalls::InSignal(store),
             _ => return false,
         };
-        let resolved = self.resolve_fault(&mut flags, page, access, calls).is_ok();
+        let (_flags, resolved) = self.resolve_fault(flags, page, access, calls);
+        let resolved = resolved.is_ok();
         if resolved {
             self.counters.in_thread();
         }

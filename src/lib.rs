@@ -95,6 +95,7 @@
 
 mod ahead;
 mod checked;
+mod claims;
 mod engine;
 mod error;
 mod fence;

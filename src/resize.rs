@@ -18,7 +18,7 @@ impl Engine {
             });
         }
         let _layout = self.layout_exclusive();
-        let mut flags = self.lock_flags();
+        let mut flags = self.lock_flags_settled();
         let old = flags.eof();
         if new > old {
             self.grow(&mut flags, old, new)
@@ -105,7 +105,7 @@ impl Engine {
             .geo
             .end_within_capacity("punch_hole beyond the mapping's capacity", offset, len)?;
         let _layout = self.layout_exclusive();
-        let mut flags = self.lock_flags();
+        let mut flags = self.lock_flags_settled();
         let eof = flags.eof();
         let end = end.min(eof);
         if offset >= end {
@@ -153,7 +153,7 @@ impl Engine {
     /// the store when touched.
     pub fn evict(&self) -> Result<()> {
         let _layout = self.layout_exclusive();
-        let mut flags = self.lock_flags();
+        let mut flags = self.lock_flags_settled();
         let mut clean = flags.resident_pages(0..self.geo.pages(), |_, dirty| !dirty);
         clean.retain(|&p| !flags.is_locked(p));
         self.discard(&mut flags, &clean)?;

@@ -83,6 +83,9 @@ pub struct Stats {
     /// Faults the faulting thread's signal handler handed to the service
     /// thread (a store that is not signal-safe, a full store, a failure).
     pub faults_handed_off: u64,
+    /// Store allocations started while another fault's was in flight: faults
+    /// allocating in parallel (the flags lock is not held across them).
+    pub allocations_overlapped: u64,
 }
 
 /// What a timed section was doing, for [`Counters::timed`].
@@ -114,6 +117,7 @@ pub(crate) struct Counters {
     allocate_calls: AtomicU64,
     in_thread: AtomicU64,
     handed_off: AtomicU64,
+    overlapped: AtomicU64,
     /// Nanoseconds per [`Timer`], in its order.
     timers: [AtomicU64; 5],
 }
@@ -134,6 +138,10 @@ impl Counters {
 
     pub fn in_thread(&self) {
         bump(&self.in_thread, 1);
+    }
+
+    pub fn overlapped_allocation(&self) {
+        bump(&self.overlapped, 1);
     }
 
     pub fn handed_off(&self) {
@@ -213,6 +221,7 @@ impl Counters {
         stats.allocate_calls = get(&self.allocate_calls);
         stats.faults_in_thread = get(&self.in_thread);
         stats.faults_handed_off = get(&self.handed_off);
+        stats.allocations_overlapped = get(&self.overlapped);
         let time = |t: Timer| Duration::from_nanos(get(&self.timers[t as usize]));
         stats.store_read_time = time(Timer::StoreRead);
         stats.store_allocate_time = time(Timer::StoreAllocate);

@@ -96,6 +96,12 @@ const CASES: &[Case] = &[
         Setup::Tmpfs,
     ),
     (
+        "two_threads_faulting_different_pages_allocate_in_parallel",
+        two_threads_faulting_different_pages_allocate_in_parallel,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
         "a_window_resolves_in_thread_inside_its_range",
         a_window_resolves_in_thread_inside_its_range,
         End::Exit(0),
@@ -304,13 +310,43 @@ fn populate_makes_read_into_the_mapping_work() {
     assert_eq!(back, pattern(4, PAGE));
 }
 
-/// A file store that counts its signal-safe reads (atomics only: still signal-safe).
-struct CountingReads {
+/// A file store, still signal-safe, that counts its signal-safe reads and,
+/// as a rendezvous, makes each signal-safe allocation wait (up to 2 s) until
+/// two are inside at once, noting whether they met.
+struct Instrumented {
     inner: FileStore,
     reads: AtomicU64,
+    rendezvous: bool,
+    inside: AtomicUsize,
+    met: std::sync::atomic::AtomicBool,
 }
 
-impl Store for CountingReads {
+impl Instrumented {
+    fn new(inner: FileStore, rendezvous: bool) -> Instrumented {
+        Instrumented {
+            inner,
+            reads: AtomicU64::new(0),
+            rendezvous,
+            inside: AtomicUsize::new(0),
+            met: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn meet(&self) {
+        self.inside.fetch_add(1, Ordering::SeqCst);
+        let began = std::time::Instant::now();
+        while began.elapsed() < Duration::from_secs(2) {
+            if self.inside.load(Ordering::SeqCst) >= 2 {
+                self.met.store(true, Ordering::SeqCst);
+                break;
+            }
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+    }
+}
+
+impl Store for Instrumented {
     fn block_size(&self) -> u64 {
         self.inner.block_size()
     }
@@ -343,24 +379,29 @@ impl Store for CountingReads {
     }
 }
 
-// SAFETY: an atomic add, then the file store's own signal-safe calls.
-unsafe impl SignalSafe for CountingReads {
+// SAFETY: atomics, clock_gettime and sched_yield, then the file store's own
+// signal-safe calls.
+unsafe impl SignalSafe for Instrumented {
     fn read_at_in_signal(&self, offset: u64, buf: &mut [u8]) -> Result<(), i32> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.signal_safe().unwrap().read_at_in_signal(offset, buf)
     }
     fn allocate_in_signal(&self, blocks: Range<u64>) -> Result<(), i32> {
-        self.inner.signal_safe().unwrap().allocate_in_signal(blocks)
+        if self.rendezvous {
+            self.meet();
+        }
+        let done = self.inner.signal_safe().unwrap().allocate_in_signal(blocks);
+        if self.rendezvous {
+            self.inside.fetch_sub(1, Ordering::SeqCst);
+        }
+        done
     }
 }
 
 fn one_page_faulted_by_many_threads_is_filled_once() {
     let path = dir().join("f");
     std::fs::write(&path, pattern(5, 8 * PAGE)).unwrap();
-    let store = Arc::new(CountingReads {
-        inner: FileStore::open(&path).unwrap(),
-        reads: AtomicU64::new(0),
-    });
+    let store = Arc::new(Instrumented::new(FileStore::open(&path).unwrap(), false));
     let map = Arc::new(in_thread().map_store(store.clone()).unwrap());
     map.advise(Advice::Random, 0, 0).unwrap();
     for round in 0..20 {
@@ -529,4 +570,38 @@ fn a_thread_waiting_for_space_still_gets_its_signals() {
     std::fs::remove_file(&filler).unwrap();
     map.notify_space_freed();
     writer.join().unwrap();
+}
+
+fn two_threads_faulting_different_pages_allocate_in_parallel() {
+    let path = dir().join("f");
+    let inner = FileStore::create(&path).unwrap();
+    inner.set_len(256 * PAGE as u64).unwrap();
+    let store = Arc::new(Instrumented::new(inner, true));
+    let map = Arc::new(in_thread().map_store(store.clone()).unwrap());
+    map.advise(Advice::Random, 0, 0).unwrap();
+    let barrier = Arc::new(Barrier::new(2));
+    let writers: Vec<_> = [3usize, 200]
+        .into_iter()
+        .map(|page| {
+            let (map, barrier) = (map.clone(), barrier.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                // SAFETY: inside the file.
+                unsafe { map.as_ptr().add(page * PAGE).write(page as u8) };
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let stats = map.stats();
+    assert!(
+        store.met.load(Ordering::SeqCst),
+        "the two allocations never overlapped: {stats:?}"
+    );
+    assert_eq!(stats.allocations_overlapped, 1, "{stats:?}");
+    assert_eq!(stats.faults_in_thread, 2, "{stats:?}");
+    map.flush().unwrap();
+    let file = read_file(&path);
+    assert_eq!((file[3 * PAGE], file[200 * PAGE]), (3, 200));
 }
