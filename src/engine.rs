@@ -263,10 +263,9 @@ impl Engine {
                     false => self.around(flags, page, around),
                 };
                 let count = self.fill_run(flags, first, ahead, false, calls)?;
-                if !sequential {
-                    // Filled around: a reader going on from its end is sequential.
-                    relock(self.streams.lock()).read.filled(first, count);
-                }
+                // A reader going on from where the fill ended (around, or
+                // short of the window) is sequential.
+                relock(self.streams.lock()).read.filled(first, count);
                 Ok(Resolved::FilledForRead)
             }
             (Residency::Absent, Access::Write) => {
@@ -275,7 +274,12 @@ impl Engine {
                     true => relock(self.streams.lock()).write_fill_fault(page),
                     false => 0,
                 };
-                self.fill_run(flags, page, ahead, true, calls)?;
+                let count = self.fill_run(flags, page, ahead, true, calls)?;
+                if write_ahead {
+                    // The fill may stop short of the window (at a page whose
+                    // blocks are not held yet): the writer goes on from there.
+                    relock(self.streams.lock()).write_fill.filled(page, count);
+                }
                 Ok(Resolved::FilledForWrite)
             }
             (Residency::Protected, Access::Write) => {
@@ -320,22 +324,29 @@ impl Engine {
     /// EOF (a block wholly past it must stay unallocated); the span ends at
     /// a block not yet allocated.
     pub fn allocation_ahead(&self, flags: &Flags, page: u64, own: Range<u64>) -> Range<u64> {
-        let ahead = relock(self.streams.lock()).write_fault(page);
-        if ahead == 0 {
-            return own;
-        }
-        let eof_blocks = flags.eof().div_ceil(self.geo.block);
-        let end = self
-            .geo
-            .blocks_backing(page + ahead, flags.eof())
-            .end
-            .min(eof_blocks)
-            .max(own.end);
-        let last = (own.end..end)
-            .rev()
-            .find(|&b| !flags.is_allocated(b))
-            .map_or(own.end, |b| b + 1);
-        own.start..last
+        let mut streams = relock(self.streams.lock());
+        let ahead = streams.write_fault(page);
+        let span = if ahead == 0 {
+            own
+        } else {
+            let eof_blocks = flags.eof().div_ceil(self.geo.block);
+            let end = self
+                .geo
+                .blocks_backing(page + ahead, flags.eof())
+                .end
+                .min(eof_blocks)
+                .max(own.end);
+            let last = (own.end..end)
+                .rev()
+                .find(|&b| !flags.is_allocated(b))
+                .map_or(own.end, |b| b + 1);
+            own.start..last
+        };
+        // The writer's next allocating fault is where the span ends (with
+        // blocks larger than a page, past the window's pages).
+        let next = (span.end * self.geo.block / self.geo.page).max(page + 1);
+        streams.write.filled(page, next - page);
+        span
     }
 
     /// Fills the absent `page`, and up to `ahead` absent pages after it
