@@ -102,6 +102,12 @@ const CASES: &[Case] = &[
         Setup::Tmpfs,
     ),
     (
+        "working_ahead_leaves_no_block_past_eof",
+        working_ahead_leaves_no_block_past_eof,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
         "a_window_resolves_in_thread_inside_its_range",
         a_window_resolves_in_thread_inside_its_range,
         End::Exit(0),
@@ -604,4 +610,50 @@ fn two_threads_faulting_different_pages_allocate_in_parallel() {
     map.flush().unwrap();
     let file = read_file(&path);
     assert_eq!((file[3 * PAGE], file[200 * PAGE]), (3, 200));
+}
+
+/// Sequential writers up to EOF under both deliveries: allocation and
+/// write-ahead stop at EOF, so after `close` the file holds no block past it
+/// (by `SEEK_DATA`, and by the blocks `stat` counts).
+fn working_ahead_leaves_no_block_past_eof() {
+    use std::os::unix::fs::MetadataExt;
+    for (i, delivery) in [Delivery::HandlerThread, Delivery::InThread]
+        .into_iter()
+        .enumerate()
+    {
+        for block in [1024u64, 4096, 65536] {
+            let path = dir().join(format!("ahead-{i}-{block}"));
+            // EOF inside a page and inside a block.
+            let eof = 200 * PAGE as u64 + 1500;
+            let map = MappingOptions::new()
+                .delivery(delivery)
+                .capacity(4 << 20)
+                .block_size(block)
+                .create(true)
+                .open(&path)
+                .unwrap();
+            map.set_len(eof).unwrap();
+            for page in 0..=200 {
+                // SAFETY: inside the file (page 200 holds EOF).
+                unsafe { map.as_ptr().add(page * PAGE).write(page as u8 | 1) };
+            }
+            map.close().unwrap();
+            let store = FileStore::open(&path).unwrap().with_block_size(block).unwrap();
+            let end = store.allocated().unwrap().last().map_or(0, |r| r.end);
+            assert!(
+                end * block <= eof.next_multiple_of(block),
+                "{delivery:?} block {block}: data up to block {end}"
+            );
+            // The filesystem allocates in its own unit (tmpfs: pages).
+            let meta = std::fs::metadata(&path).unwrap();
+            let (held, unit) = (meta.blocks() * 512, block.max(meta.blksize()));
+            assert!(
+                held <= eof.next_multiple_of(unit),
+                "{delivery:?} block {block}: {held} bytes held for EOF {eof}"
+            );
+            let file = read_file(&path);
+            assert_eq!(file.len() as u64, eof);
+            assert!((0..=200).all(|p| file[p * PAGE] == p as u8 | 1));
+        }
+    }
 }
