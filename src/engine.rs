@@ -122,9 +122,7 @@ impl Failure {
             Failure::HandOff(errno) => Error::from(io::Error::from_raw_os_error(errno)),
         }
     }
-}
 
-impl Failure {
     /// As an `io::Error`, for callers that report only those.
     pub fn into_io(self) -> io::Error {
         match self {
@@ -301,22 +299,12 @@ impl Engine {
             return Ok(());
         };
         let span = self.allocation_ahead(flags, page, own.clone());
-        if span != own {
-            let mut from = span.start;
-            let mut all = true;
-            while let Some(run) = flags.unallocated_run(from..span.end) {
-                from = run.end;
-                all &= self.allocate_with(flags, run, calls).is_ok();
-            }
-            if all {
-                return Ok(());
-            }
-            let Some(own) = flags.missing_blocks(page) else {
-                return Ok(());
-            };
-            return self.allocate_with(flags, own, calls);
+        match self.allocate_with(flags, span.clone(), calls) {
+            // As in a fault's claim (`claims.rs`): one call for the span; if
+            // the blocks ahead cannot be had, the page's own are asked for alone.
+            Err(_) if span != own => self.allocate_with(flags, own, calls),
+            done => done,
         }
-        self.allocate_with(flags, own, calls)
     }
 
     /// The blocks a write fault at `page` asks for: its `own` missing ones,
@@ -462,7 +450,9 @@ impl Engine {
     ) -> Result<(), Failure> {
         match outcome {
             Ok(()) => {
-                self.counters.add_blocks(blocks.end - blocks.start);
+                // A span may hold blocks allocated already: count the new ones.
+                let new = blocks.clone().filter(|&b| !flags.is_allocated(b)).count();
+                self.counters.add_blocks(new as u64);
                 match self.store.unallocated_reads_zero() {
                     true => flags.mark_allocated_from_holes(blocks),
                     false => flags.mark_allocated(blocks),

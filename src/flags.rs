@@ -169,16 +169,6 @@ impl Flags {
         self.zeroed.remove_range(units);
     }
 
-    /// The first run of unallocated blocks in `blocks`, if any; allocates
-    /// no memory (a fault in a signal handler walks runs with it).
-    pub fn unallocated_run(&self, blocks: Range<u64>) -> Option<Range<u64>> {
-        let start = blocks.clone().find(|&b| !self.is_allocated(b))?;
-        let end = (start..blocks.end)
-            .find(|&b| self.is_allocated(b))
-            .unwrap_or(blocks.end);
-        Some(start..end)
-    }
-
     pub fn mark_allocated(&mut self, blocks: Range<u64>) {
         self.allocated
             .insert_range(blocks.start as usize..blocks.end as usize);
@@ -431,17 +421,6 @@ mod tests {
         assert!(small.reads_as_zeros(1));
         small.filled_for_read(1);
         assert!(!small.reads_as_zeros(1));
-    }
-
-    #[test]
-    fn unallocated_runs_are_found_one_at_a_time() {
-        let mut f = flags(1024, 64 * 1024);
-        f.mark_allocated(2..4);
-        f.mark_allocated(6..7);
-        assert_eq!(f.unallocated_run(0..10), Some(0..2));
-        assert_eq!(f.unallocated_run(2..10), Some(4..6));
-        assert_eq!(f.unallocated_run(6..10), Some(7..10));
-        assert_eq!(f.unallocated_run(2..4), None);
     }
 
     #[test]
