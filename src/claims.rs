@@ -63,7 +63,7 @@ impl Claims {
     }
 }
 
-/// Releases a claim if the store panics (the handler thread catches the
+/// Releases a claim if the store panics (the fault service catches the
 /// panic; a claim left behind would make every later fault wait forever).
 struct ReleaseOnUnwind<'a> {
     engine: &'a Engine,

@@ -9,25 +9,28 @@
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::ahead::Streams;
 use crate::error::{Error, Result};
 use crate::fence::Fences;
 use crate::flags::{Flags, Residency};
 use crate::geometry::Geometry;
+use crate::handler::Waiting;
 use crate::handoff::Handoffs;
 use crate::options::OnFull;
+use crate::service::Service;
 use crate::stats::{Counters, Timer};
 use crate::store::{SignalSafe, Store};
-use crate::sys::{self, Doorbell, Region, Uffd};
+use crate::sys::{self, Region, Uffd};
 
 /// Fields drop in declaration order, which is the teardown order after the
-/// handler has stopped and the range is unregistered: unmap the region, close
-/// the userfaultfd, close the store.
+/// service has let go of the mapping and its range is unregistered: unmap
+/// the region, let go of the service, close the store.
 pub(crate) struct Engine {
     pub region: Region,
-    pub uffd: Uffd,
+    /// The fault service whose userfaultfd guards the region.
+    pub service: Arc<Service>,
     pub store: Box<dyn Store>,
     pub geo: Geometry,
     /// Per-page and per-block flags and EOF.
@@ -55,14 +58,19 @@ pub(crate) struct Engine {
     pub flush_lock: Mutex<()>,
     pub counters: Counters,
     pub on_full: OnFull,
-    /// Rung to stop the handler or to retry faults parked for space.
-    pub doorbell: Doorbell,
+    /// Set (then the service's doorbell rung) when the service should look
+    /// at this mapping: faults parked for space may retry, or a signal
+    /// handler handed a fault over.
+    pub attention: AtomicBool,
+    /// Set while the service does not serve the mapping (closing, regrowing).
     pub stopping: AtomicBool,
-    /// Sticky: set when the handler thread dies; every later call reports it.
+    /// Held by the service's worker serving this mapping; what waits.
+    pub serving: Mutex<Waiting>,
+    /// Sticky: set when serving the mapping failed; every later call reports it.
     pub handler_failure: Mutex<Option<String>>,
     /// Set with `handler_failure`, readable in a signal handler.
     pub failed: AtomicBool,
-    /// Faults handed from a faulting thread's signal handler to the service thread.
+    /// Faults handed from a faulting thread's signal handler to the fault service.
     pub handoffs: Handoffs,
     /// The error behind the latest SIGBUS, for a signal handler to inspect.
     pub last_fault_error: Mutex<Option<String>>,
@@ -98,13 +106,13 @@ pub(crate) enum Failure {
     /// The store or the kernel failed otherwise.
     Io(io::Error),
     /// A signal-safe store call failed (with this errno): the fault goes to
-    /// the service thread, which calls the store again for the full error.
+    /// the fault service, which calls the store again for the full error.
     HandOff(i32),
 }
 
 /// Which of the store's calls a fault uses: the ordinary ones (the handler
 /// thread, checked calls) or the signal-safe ones (inside a SIGBUS handler,
-/// where every failure is handed to the service thread).
+/// where every failure is handed to the fault service).
 #[derive(Clone, Copy)]
 pub(crate) enum StoreCalls<'a> {
     Ordinary,
@@ -140,7 +148,7 @@ impl From<io::Error> for Failure {
     }
 }
 
-fn relock<G>(r: Result<G, std::sync::PoisonError<G>>) -> G {
+pub(crate) fn relock<G>(r: Result<G, std::sync::PoisonError<G>>) -> G {
     // A panic under these locks can only come from a bug that already broke
     // an assertion; the flags stay structurally valid, so keep serving.
     r.unwrap_or_else(|e| e.into_inner())
@@ -149,6 +157,22 @@ fn relock<G>(r: Result<G, std::sync::PoisonError<G>>) -> G {
 impl Engine {
     pub fn lock_flags(&self) -> MutexGuard<'_, Flags> {
         relock(self.flags.lock())
+    }
+
+    pub fn lock_waiting(&self) -> MutexGuard<'_, Waiting> {
+        relock(self.serving.lock())
+    }
+
+    /// The userfaultfd guarding the region (the service's).
+    pub fn uffd(&self) -> &Uffd {
+        &self.service.uffd
+    }
+
+    /// Asks the service to look at this mapping. Async-signal-safe: an
+    /// atomic store and the doorbell's `write(2)`.
+    pub fn ring(&self) {
+        self.attention.store(true, Ordering::SeqCst);
+        self.service.ring();
     }
 
     pub fn lock_fences(&self) -> MutexGuard<'_, Fences> {
@@ -282,7 +306,7 @@ impl Engine {
             }
             (Residency::Protected, Access::Write) => {
                 self.allocate_under(flags, page, calls)?;
-                self.ioctl(|| self.uffd.write_protect(self.addr(page), self.geo.page, false))?;
+                self.ioctl(|| self.uffd().write_protect(self.addr(page), self.geo.page, false))?;
                 flags.granted_write(page);
                 Ok(Resolved::Unprotected)
             }
@@ -501,7 +525,7 @@ impl Engine {
     /// goes when EOF moves over the page ([`Engine::unpoison`]).
     pub fn poison(&self, flags: &mut Flags, page: u64) -> io::Result<()> {
         debug_assert!(flags.past_eof(page));
-        match self.ioctl(|| self.uffd.poison(self.addr(page), self.geo.page)) {
+        match self.ioctl(|| self.uffd().poison(self.addr(page), self.geo.page)) {
             Ok(()) => {
                 flags.poisoned(page);
                 Ok(())
@@ -552,11 +576,11 @@ impl Engine {
     fn install(&self, page: u64, data: &[u8], writable: bool) -> io::Result<()> {
         // Read-only memory is registered without write-protect, and needs none.
         let protect = !writable && !self.read_only;
-        match self.ioctl(|| self.uffd.copy(self.addr(page), data, protect)) {
+        match self.ioctl(|| self.uffd().copy(self.addr(page), data, protect)) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // Flags said absent but the kernel has a page: a bookkeeping
                 // bug. Wake the waiters so nobody hangs, and report it.
-                let _ = self.uffd.wake(self.addr(page), self.geo.page);
+                let _ = self.uffd().wake(self.addr(page), self.geo.page);
                 Err(e)
             }
             other => other,
@@ -572,7 +596,7 @@ impl Engine {
             .collect();
         for run in crate::store::runs(writable) {
             let len = (run.end - run.start) * self.geo.page;
-            self.ioctl(|| self.uffd.write_protect(self.addr(run.start), len, true))?;
+            self.ioctl(|| self.uffd().write_protect(self.addr(run.start), len, true))?;
             for p in run {
                 flags.protected(p);
             }
@@ -593,7 +617,7 @@ impl Engine {
     }
 
     pub fn wake(&self, page: u64) -> io::Result<()> {
-        self.ioctl(|| self.uffd.wake(self.addr(page), self.geo.page))
+        self.ioctl(|| self.uffd().wake(self.addr(page), self.geo.page))
     }
 
     /// Runs a userfaultfd ioctl, timed for [`Stats::ioctl_time`](crate::Stats::ioctl_time).

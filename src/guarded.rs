@@ -129,7 +129,7 @@ fn outcome(len: usize, out: guard::Outcome) -> Result<(), AccessFault> {
     let cause = match (signal, code, errno) {
         (libc::SIGSEGV, _, _) => FaultCause::Denied,
         // mkwrite's own SIGBUS says why in si_errno (see `OnFull::Sigbus`):
-        // queued by the handler thread, or the kernel's own for a fault the
+        // queued by the fault service, or the kernel's own for a fault the
         // faulting thread failed itself (in-thread delivery).
         (_, libc::SI_QUEUE | libc::BUS_ADRERR, libc::ENOSPC) => FaultCause::NoSpace,
         (_, libc::SI_QUEUE | libc::BUS_ADRERR, libc::EDQUOT) => FaultCause::Quota,

@@ -85,11 +85,12 @@
 //!
 //! ## Faster faults: [`Delivery::InThread`](crate::Delivery::InThread)
 //!
-//! By default a mapping's own thread resolves its faults, and the faulting
+//! By default a thread of the process's fault service (a small pool shared
+//! by every mapping) resolves a mapping's faults, and the faulting
 //! thread sleeps meanwhile: two wake-ups a fault, ~40–60 µs on a small VM.
 //! With `delivery(Delivery::InThread)` the faulting thread resolves its own
 //! fault in a SIGBUS handler (over a [`FileStore`](crate::FileStore); other
-//! stores' faults are handed to the mapping's thread), ~5–7 µs a first
+//! stores' faults are handed to the fault service), ~5–7 µs a first
 //! write. The price: like `UserModeOnly` above, a system call touching a
 //! page that is not ready fails with `EFAULT`, so [`populate`](crate::Mapping::populate)
 //! a range before `read(2)` into it or `write(2)` from it; and the process's

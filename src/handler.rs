@@ -1,14 +1,18 @@
-//! The fault handler thread: reads fault events and hands each to the resolver.
-//! Allocation failures follow the mapping's [`OnFull`](crate::OnFull) policy;
-//! an access that must fail fails the way the kernel's `mmap` fails it.
+//! What the fault service does for one mapping: resolves each fault it
+//! reads, follows the mapping's [`OnFull`](crate::OnFull) policy when the
+//! store is full (park, retry later, or fail), and fails an access that
+//! must fail the way the kernel's `mmap` fails it. `service.rs` decides
+//! which worker runs these and when; everything here runs with the
+//! mapping's `serving` lock held, so one mapping is served by one worker
+//! at a time.
 //!
-//! The handler never dies of a panic (in the resolver, the store, or the
-//! user's callback): the panic is caught, the faulting access fails, and the
+//! Nothing here lets a panic (in the resolver, the store, or the user's
+//! callback) go: the panic is caught, the faulting access fails, and the
 //! mapping is marked failed, so every later fault fails and every later call
 //! returns [`Error::HandlerFailed`](crate::Error::HandlerFailed). A thread
 //! left waiting on a fault nobody reads would hang forever.
 //!
-//! It also serves the faults a faulting thread's signal handler hands it
+//! It also serves the faults a faulting thread's signal handler hands over
 //! (in-thread delivery, see `in_thread.rs`): they arrive through the
 //! hand-off slots with the doorbell, go through the same resolver and
 //! policy, and are answered through their slot instead of by a wake-up.
@@ -16,42 +20,17 @@
 use std::any::Any;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::engine::{Access, Engine, Failure, Resolved, StoreCalls};
 use crate::options::{FullAction, FullFault};
-use crate::sys::{self, Fault, RawMsg, ThreadState};
+use crate::sys::{self, Fault, ThreadState};
 
 /// `FullAction::Retry` waits this long before the first retry, doubling up
 /// to [`RETRY_MAX`], so a callback that keeps answering Retry neither spins
 /// nor holds up the other faults.
 const RETRY_FIRST: Duration = Duration::from_millis(1);
 const RETRY_MAX: Duration = Duration::from_millis(100);
-
-pub(crate) fn spawn(engine: Arc<Engine>) -> io::Result<JoinHandle<()>> {
-    engine.handoffs.reopen();
-    thread::Builder::new()
-        .name("mkwrite-faults".into())
-        .spawn(move || {
-            let _closing = CloseHandoffs(&engine);
-            if let Err(e) = run(&engine) {
-                engine.set_handler_failure(e.to_string());
-            }
-        })
-}
-
-/// However the thread ends, faults handed to it and not yet taken fail
-/// (`EIO`) and no more can be handed over: nobody would answer them.
-struct CloseHandoffs<'a>(&'a Engine);
-
-impl Drop for CloseHandoffs<'_> {
-    fn drop(&mut self) {
-        self.0.handoffs.close(libc::EIO);
-    }
-}
 
 /// Reports of one parked fault within [`SPIN_WINDOW`] that mean its thread
 /// is spinning: a thread inside a system call with a signal pending is
@@ -61,10 +40,10 @@ impl Drop for CloseHandoffs<'_> {
 const SPINNING: u32 = 256;
 const SPIN_WINDOW: Duration = Duration::from_millis(500);
 
-/// Faults waiting for something: space (parked, with how often each was
-/// reported again) or their retry time.
+/// One mapping's faults waiting for something: space (parked, with how
+/// often each was reported again) or their retry time.
 #[derive(Default)]
-struct Waiting {
+pub(crate) struct Waiting {
     parked: Vec<(Fault, u32, Instant)>,
     retries: Vec<(Fault, u32, Instant)>,
 }
@@ -119,74 +98,70 @@ impl Waiting {
     fn park(&mut self, fault: Fault) {
         self.parked.push((fault, 0, Instant::now()));
     }
+}
 
-    fn next_retry(&self) -> Option<Instant> {
-        self.retries.iter().map(|&(_, _, due)| due).min()
+/// A fault the userfaultfd reported.
+pub(crate) fn reported(engine: &Engine, waiting: &mut Waiting, fault: Fault) {
+    engine.counters.fault(fault.write, fault.write_protect);
+    match waiting.holds(engine, &fault) {
+        Held::No => handle(engine, fault, 0, waiting),
+        Held::Yes => {}
+        Held::Spinning(parked) => fail_spinning_call(engine, &parked),
     }
 }
 
-fn run(engine: &Engine) -> io::Result<()> {
-    let mut msgs = [RawMsg::default(); 64];
-    let mut faults = Vec::with_capacity(msgs.len());
-    let mut waiting = Waiting::default();
-    let mut fence_check: Option<Duration> = None;
-    loop {
-        let retry_in = waiting
-            .next_retry()
-            .map(|due| due.saturating_duration_since(Instant::now()));
-        let timeout = [retry_in, fence_check].into_iter().flatten().min();
-        let ready = sys::wait_ready(&engine.uffd, &engine.doorbell, timeout)?;
-        if ready.doorbell && engine.doorbell.take() {
-            if engine.stopping.load(Ordering::SeqCst) {
-                // Nobody may still be faulting on a mapping being dropped; any
-                // thread waiting here would never be woken, so fail it instead.
-                let left = waiting
-                    .parked
-                    .drain(..)
-                    .map(|(f, _, _)| f)
-                    .chain(waiting.retries.drain(..).map(|(f, _, _)| f));
-                for f in left.collect::<Vec<_>>() {
-                    refuse(
-                        engine,
-                        &f,
-                        Failure::Io(io::Error::other("mapping closed while waiting for space")),
-                    );
-                }
-                return Ok(());
-            }
-            for (f, _, _) in std::mem::take(&mut waiting.parked) {
-                handle(engine, f, 0, &mut waiting);
-            }
-            let mut posted = Vec::new();
-            engine
-                .handoffs
-                .take_posted(|slot, p| posted.push(handed_off(slot, p)));
-            for f in posted {
-                engine.counters.handed_off();
-                handle(engine, f, 0, &mut waiting);
-            }
+/// The mapping asked for attention: space may have been freed (parked
+/// faults try again), or a signal handler handed a fault over.
+pub(crate) fn rung(engine: &Engine, waiting: &mut Waiting) {
+    for (f, _, _) in std::mem::take(&mut waiting.parked) {
+        handle(engine, f, 0, waiting);
+    }
+    let mut posted = Vec::new();
+    engine
+        .handoffs
+        .take_posted(|slot, p| posted.push(handed_off(slot, p)));
+    for f in posted {
+        engine.counters.handed_off();
+        handle(engine, f, 0, waiting);
+    }
+}
+
+/// Retries whose time has come, and fences whose system call has moved on;
+/// returns when the mapping next wants serving, if ever.
+pub(crate) fn tick(engine: &Engine, waiting: &mut Waiting) -> Option<Instant> {
+    let now = Instant::now();
+    let (due, later) = std::mem::take(&mut waiting.retries)
+        .into_iter()
+        .partition::<Vec<_>, _>(|&(_, _, at)| at <= now);
+    waiting.retries = later;
+    for (f, attempt, _) in due {
+        handle(engine, f, attempt, waiting);
+    }
+    let fence_check = match engine.lift_ended_fences() {
+        Ok(next) => next.map(|after| Instant::now() + after),
+        Err(e) => {
+            engine.set_handler_failure(format!("lifting a fence: {e}"));
+            None
         }
-        if ready.faults {
-            faults.clear();
-            engine.uffd.read_faults(&mut faults, &mut msgs)?;
-            for &f in &faults {
-                engine.counters.fault(f.write, f.write_protect);
-                match waiting.holds(engine, &f) {
-                    Held::No => handle(engine, f, 0, &mut waiting),
-                    Held::Yes => {}
-                    Held::Spinning(parked) => fail_spinning_call(engine, &parked),
-                }
-            }
-        }
-        let now = Instant::now();
-        let (due, later) = std::mem::take(&mut waiting.retries)
-            .into_iter()
-            .partition::<Vec<_>, _>(|&(_, _, at)| at <= now);
-        waiting.retries = later;
-        for (f, attempt, _) in due {
-            handle(engine, f, attempt, &mut waiting);
-        }
-        fence_check = engine.lift_ended_fences()?;
+    };
+    let next_retry = waiting.retries.iter().map(|&(_, _, at)| at).min();
+    [next_retry, fence_check].into_iter().flatten().min()
+}
+
+/// The mapping is being closed: nobody may still be faulting on it, and a
+/// thread left waiting would never be woken, so fail it instead.
+pub(crate) fn closing(engine: &Engine, waiting: &mut Waiting) {
+    let left = waiting
+        .parked
+        .drain(..)
+        .map(|(f, _, _)| f)
+        .chain(waiting.retries.drain(..).map(|(f, _, _)| f));
+    for f in left.collect::<Vec<_>>() {
+        refuse(
+            engine,
+            &f,
+            Failure::Io(io::Error::other("mapping closed while waiting for space")),
+        );
     }
 }
 
@@ -312,7 +287,7 @@ fn refuse(engine: &Engine, fault: &Fault, why: Failure) {
     let outcome = if past_eof && !flags.past_eof(page) {
         // EOF moved up since: the page is valid now, let the access retry.
         engine.wake(page)
-    } else if past_eof && engine.uffd.can_poison() {
+    } else if past_eof && engine.uffd().can_poison() {
         engine.counters.poisoned();
         engine.poison(&mut flags, page)
     } else {

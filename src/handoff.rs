@@ -1,6 +1,6 @@
 //! Faults a faulting thread cannot resolve in its signal handler (a store
 //! that is not signal-safe, a full store, any failure) are handed to the
-//! mapping's service thread through a fixed table of slots: the thread posts
+//! fault service through a fixed table of slots: the thread posts
 //! its fault, rings the service's doorbell and blocks on the slot's word
 //! (`futex`) until the answer comes. No allocation, no lock.
 //!
@@ -106,7 +106,7 @@ impl Handoffs {
         }
     }
 
-    /// In the service thread: takes every posted fault, with its slot index.
+    /// In the fault service: takes every posted fault, with its slot index.
     pub fn take_posted(&self, mut each: impl FnMut(usize, Posted)) {
         for (index, slot) in self.slots.iter().enumerate() {
             if slot.word.compare_exchange(POSTED, TAKEN, SeqCst, SeqCst).is_ok() {
@@ -135,7 +135,7 @@ impl Handoffs {
         wake_all(&slot.word);
     }
 
-    /// In the service thread, when it stops: closes every slot, answering
+    /// In the fault service, when the mapping is detached: closes every slot, answering
     /// each fault still posted with `errno`; returns when no poster is left
     /// inside. Faults the caller has taken must have been answered.
     pub fn close(&self, errno: i32) {
@@ -156,7 +156,7 @@ impl Handoffs {
         }
     }
 
-    /// Opens a closed table again (the service thread restarts).
+    /// Opens a closed table again (the mapping is attached again).
     pub fn reopen(&self) {
         for slot in self.slots.iter() {
             let _ = slot.word.compare_exchange(CLOSED, FREE, SeqCst, SeqCst);

@@ -1,14 +1,14 @@
 //! Faults resolved in the faulting thread ([`Delivery::InThread`](crate::Delivery::InThread)): the
 //! userfaultfd raises SIGBUS in the thread that touched a missing or
 //! write-protected page (`UFFD_FEATURE_SIGBUS`), and the handler resolves
-//! the fault right there, with the same resolver as the handler thread,
+//! the fault right there, with the same resolver as the fault service,
 //! through the store's signal-safe calls. No thread is woken, so a fault
 //! costs the resolver's work and one signal (measured here: ~5 µs against
 //! ~50 µs for a round trip to a handler thread on the other CPU).
 //!
 //! Anything the signal handler cannot finish (a store with no signal-safe
 //! calls, a full store, any failure, a page dropped behind the mapping's
-//! back) is handed to the mapping's service thread (`handoff.rs`), which
+//! back) is handed to the fault service (`handoff.rs`), which
 //! applies the [`OnFull`](crate::OnFull) policy as for any fault; the thread
 //! waits in its handler for the answer.
 //!
@@ -97,7 +97,7 @@ impl Engine {
         // The wait may be long (a full store under `OnFull::Wait`): let the
         // thread's other signals in meanwhile; no lock is held here.
         interrupted.let_signals_in();
-        let answer = self.handoffs.hand_off(fault, || self.doorbell.ring());
+        let answer = self.handoffs.hand_off(fault, || self.ring());
         match answer {
             Some(0) => Verdict::Resolved,
             Some(errno) => Verdict::Failed(errno),

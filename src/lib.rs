@@ -120,6 +120,7 @@ mod raw;
 mod registry;
 mod regrow;
 mod resize;
+mod service;
 mod stats;
 pub mod store;
 mod sync;

@@ -16,7 +16,7 @@ use crate::options::{DEFAULT_CAPACITY, Delivery, MappingOptions};
 use crate::raw::RawMemory;
 use crate::stats::{Counters, Stats};
 use crate::store::Store;
-use crate::sys::{self, Doorbell, Region, Uffd, UffdOrigin};
+use crate::sys::{self, Region, UffdOrigin};
 
 /// A file's contents in memory, where the first write to each clean page
 /// allocates its blocks in the store before it may proceed.
@@ -26,9 +26,9 @@ use crate::sys::{self, Doorbell, Region, Uffd, UffdOrigin};
 /// once. The slice accessors take `&mut self`, so the borrow checker keeps
 /// every other access away while a slice lives.
 ///
-/// Dropping the mapping flushes best-effort, then stops the handler thread,
-/// unregisters and unmaps the memory, and closes the userfaultfd and the
-/// store, in that order. Use [`close`](Self::close) to see the flush's error.
+/// Dropping the mapping flushes best-effort, then takes it off the fault
+/// service, unregisters and unmaps the memory, and closes the store, in
+/// that order. Use [`close`](Self::close) to see the flush's error.
 ///
 /// # Shared access
 ///
@@ -75,7 +75,8 @@ pub struct Mapping {
     /// declared first so it goes before the engine it points to.
     in_thread: Option<Registration>,
     engine: Arc<Engine>,
-    handler: Option<JoinHandle<()>>,
+    /// Attached to its fault service (false once closed).
+    served: bool,
     /// Flushes started by [`flush_async`](Self::flush_async), not yet waited for.
     async_flushes: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -137,7 +138,7 @@ impl Mapping {
         let size = usize::try_from(geo.capacity).map_err(|_| too_large())?;
         let allocated = store.allocated()?;
         let in_thread = opts.delivery == Delivery::InThread;
-        let uffd = Uffd::open(opts.uffd_fallback, in_thread)?;
+        let service = crate::service::shared(opts.uffd_fallback, in_thread)?;
         let region = Region::reserve(size, opts.read_only).map_err(|source| match source.raw_os_error() {
             Some(libc::ENOMEM) => Error::CapacityUnavailable { capacity, source },
             _ => Error::Io(source),
@@ -147,16 +148,20 @@ impl Mapping {
                 "/proc/self/mem, which in-thread delivery reads memory through",
             ));
         }
-        uffd.register(region.base(), region.len() as u64, opts.read_only)?;
+        service
+            .uffd
+            .register(region.base(), region.len() as u64, opts.read_only)?;
         // A signal handler may fill pages through the scratch buffer, and
         // must not allocate: give it its largest size now.
         let scratch = match in_thread {
-            true => Vec::with_capacity(crate::ahead::MAX_FILL_PAGES as usize * geo.page as usize),
+            true => {
+                Vec::with_capacity(crate::ahead::MAX_FILL_PAGES.min(geo.pages()) as usize * geo.page as usize)
+            }
             false => Vec::new(),
         };
         let engine = Arc::new(Engine {
             region,
-            uffd,
+            service,
             store,
             geo,
             flags: Mutex::new(Flags::new(geo, len, &allocated)),
@@ -170,18 +175,19 @@ impl Mapping {
             flush_lock: Mutex::new(()),
             counters: Counters::default(),
             on_full: opts.on_full.clone(),
-            doorbell: Doorbell::new()?,
+            attention: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            serving: Mutex::default(),
             handler_failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             handoffs: Handoffs::default(),
             last_fault_error: Mutex::new(None),
         });
-        let handler = crate::handler::spawn(Arc::clone(&engine))?;
+        engine.service.attach(&engine);
         let mut map = Mapping {
             in_thread: None,
             engine,
-            handler: Some(handler),
+            served: true,
             async_flushes: Mutex::default(),
         };
         map.in_thread = register(&map.engine, opts.delivery)?;
@@ -197,7 +203,7 @@ impl Mapping {
     /// # Ok::<(), mkwrite::Error>(())
     /// ```
     pub fn delivery(&self) -> Delivery {
-        match self.engine.uffd.raises_sigbus() {
+        match self.engine.uffd().raises_sigbus() {
             true => Delivery::InThread,
             false => Delivery::HandlerThread,
         }
@@ -308,7 +314,7 @@ impl Mapping {
     /// ```
     #[doc(alias = "userfaultfd")]
     pub fn userfaultfd_origin(&self) -> UffdOrigin {
-        self.engine.uffd.origin()
+        self.engine.uffd().origin()
     }
 
     /// The start of the mapping's memory, valid for [`capacity`](Self::capacity) bytes.
@@ -964,11 +970,13 @@ impl Mapping {
         }
     }
 
-    /// Stops the handler thread; faults parked in it fail.
-    fn stop_handler(&self, handler: JoinHandle<()>) -> std::thread::Result<()> {
-        self.engine.stopping.store(true, Ordering::SeqCst);
-        self.engine.doorbell.ring();
-        handler.join()
+    /// Takes the mapping off the fault service; faults parked for space fail.
+    fn stop_serving(&mut self) -> bool {
+        let served = std::mem::take(&mut self.served);
+        if served {
+            self.engine.service.detach(&self.engine);
+        }
+        served
     }
 
     /// Grows the reservation to at least `capacity` bytes, for a file that
@@ -1005,22 +1013,33 @@ impl Mapping {
             return Ok(());
         }
         self.wait_async_flushes();
-        if let Some(handler) = self.handler.take() {
-            let _ = self.stop_handler(handler);
-        }
-        self.engine.stopping.store(false, Ordering::SeqCst);
+        self.stop_serving();
         let delivery = self.delivery();
         // No signal handler may read the engine while it changes.
         drop(self.in_thread.take());
-        let regrown = match Arc::get_mut(&mut self.engine) {
+        let regrown = match self.engine_alone() {
             Some(engine) => engine.regrow(capacity),
             None => Err(Error::HandlerFailed(
                 "the mapping's engine is still shared".into(),
             )),
         };
-        self.handler = Some(crate::handler::spawn(Arc::clone(&self.engine))?);
+        self.engine.service.attach(&self.engine);
+        self.served = true;
         self.in_thread = register(&self.engine, delivery)?;
         regrown
+    }
+
+    /// The engine, once no worker of the fault service holds it any more
+    /// (one that took it before [`stop_serving`](Self::stop_serving) lets
+    /// go when it has looked at it); `None` if something else keeps it.
+    fn engine_alone(&mut self) -> Option<&mut Engine> {
+        for _ in 0..10_000 {
+            if Arc::get_mut(&mut self.engine).is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        Arc::get_mut(&mut self.engine)
     }
 
     /// Flushes, then tears down; returns the flush's (or the handler's) error.
@@ -1046,28 +1065,25 @@ impl Mapping {
         self.teardown()
     }
 
-    /// The documented order: flush, stop the handler, unregister; the region
-    /// is unmapped and the fds closed when the engine drops.
+    /// The documented order: flush, leave the fault service, unregister;
+    /// the region is unmapped and the store closed when the engine drops.
     fn teardown(&mut self) -> Result<()> {
-        let Some(handler) = self.handler.take() else {
+        if !self.served {
             return Ok(());
-        };
+        }
         self.wait_async_flushes();
         let flushed = self
             .usable()
             .and_then(|()| self.engine.flush(0..self.engine.geo.pages()));
-        let joined = self.stop_handler(handler);
+        self.stop_serving();
         // Wakes any thread still (wrongly) waiting on a fault; nothing else to do.
         let _ = self
             .engine
-            .uffd
+            .uffd()
             .unregister(self.engine.region.base(), self.engine.region.len() as u64);
         // Waits out any signal handler still inside the engine.
         drop(self.in_thread.take());
         flushed?;
-        if joined.is_err() {
-            return Err(Error::HandlerFailed("the handler thread panicked".into()));
-        }
         self.usable()
     }
 }
@@ -1075,11 +1091,10 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         if self.engine.check_owner().is_err() {
-            // A forked child: the handler thread, the memory and the store's
+            // A forked child: the fault service, the memory and the store's
             // state are the parent's. Touch nothing; never drop the engine
             // here (unmapping its address range could hit the child's own
             // mappings there), so leak one reference to it and the handle.
-            std::mem::forget(self.handler.take());
             std::mem::forget(self.in_thread.take());
             std::mem::forget(Arc::clone(&self.engine));
             return;

@@ -137,7 +137,7 @@ pub enum OnFull {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     Wait,
-    /// Ask a function, called on the handler thread. It must not touch the
+    /// Ask a function, called on a thread of the fault service. It must not touch the
     /// mapping's memory or call its methods. Made by [`OnFull::callback`].
     ///
     /// ```
@@ -225,8 +225,9 @@ impl fmt::Debug for OnFull {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Delivery {
-    /// A thread of the mapping reads fault messages from the userfaultfd
-    /// and resolves them; the faulting thread sleeps meanwhile (two
+    /// A thread of the process's fault service (a small pool every mapping
+    /// shares) reads fault messages from the userfaultfd and resolves
+    /// them; the faulting thread sleeps meanwhile (two
     /// wake-ups a fault). System calls on unprepared pages (`read(2)`
     /// into the mapping) work: they wait for the fault like a thread does.
     #[default]
@@ -237,7 +238,7 @@ pub enum Delivery {
     /// [`Mapping::populate`](crate::Mapping::populate) a range before handing
     /// it to `read(2)`, `pwrite(2)` or `O_DIRECT`. Needs `/proc/self/mem`.
     /// Over a store without [`signal_safe`](crate::Store::signal_safe)
-    /// calls every fault is handed to the service thread.
+    /// calls every fault is handed to the fault service.
     InThread,
 }
 
@@ -360,7 +361,7 @@ impl MappingOptions {
     }
 
     /// How faults reach the code that resolves them (see [`Delivery`]): a
-    /// handler thread (the default: every system call on the mapping works
+    /// worker of the fault service (the default: every system call on the mapping works
     /// as with the kernel's `mmap`), or the faulting thread itself (about
     /// ten times faster a fault; system calls need
     /// [`populate`](Mapping::populate) first).

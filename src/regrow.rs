@@ -20,7 +20,7 @@ impl Engine {
             Some(libc::ENOMEM) => too_large(e),
             _ => Error::Io(e),
         })?;
-        self.uffd
+        self.uffd()
             .register(region.base(), region.len() as u64, self.read_only)?;
         self.lift_all_fences()?;
         // Take the flags out, so copying can update them; on an error they go
@@ -33,13 +33,13 @@ impl Engine {
         let copied = self.copy_into(&region, &mut flags);
         if let Err(e) = copied {
             *self.flags.get_mut().unwrap_or_else(|e| e.into_inner()) = flags;
-            let _ = self.uffd.unregister(region.base(), region.len() as u64);
+            let _ = self.uffd().unregister(region.base(), region.len() as u64);
             return Err(e);
         }
         *self.flags.get_mut().unwrap_or_else(|e| e.into_inner()) = flags.regrown(geo);
         // The old memory goes: unregistered, then unmapped when `region` drops.
         let old = std::mem::replace(&mut self.region, region);
-        let _ = self.uffd.unregister(old.base(), old.len() as u64);
+        let _ = self.uffd().unregister(old.base(), old.len() as u64);
         self.geo = geo;
         Ok(())
     }
@@ -57,7 +57,8 @@ impl Engine {
                 continue; // dropped behind our back: now absent (and recorded if dirty)
             }
             let protect = flags.residency(p) == Residency::Protected && !self.read_only;
-            self.uffd.copy(region.base() + p * self.geo.page, &buf, protect)?;
+            self.uffd()
+                .copy(region.base() + p * self.geo.page, &buf, protect)?;
         }
         Ok(())
     }

@@ -86,7 +86,7 @@ impl Engine {
     /// waiting for space retry.
     pub fn space_freed(&self) -> Result<()> {
         self.lift_all_fences()?;
-        self.doorbell.ring();
+        self.ring();
         Ok(())
     }
 

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
 
 /// An anonymous, private, `MAP_NORESERVE` reservation of `len` bytes.
 ///
@@ -17,7 +18,24 @@ pub(crate) struct Region {
     len: usize,
     /// `/proc/self/mem`, for copies that must not fault (see
     /// [`Region::read_resident`]); `None` where `/proc` is not mounted.
-    mem: Option<File>,
+    mem: Option<Arc<File>>,
+}
+
+/// The process's `/proc/self/mem`, opened once and shared by every region
+/// (a mapping costs no descriptor for it). Kept with the process that opened
+/// it: in a forked child the inherited descriptor reads the parent's memory.
+fn proc_self_mem() -> Option<Arc<File>> {
+    static MEM: Mutex<Option<(u32, Arc<File>)>> = Mutex::new(None);
+    let pid = super::process_id();
+    let mut mem = MEM.lock().unwrap_or_else(|e| e.into_inner());
+    match &*mem {
+        Some((owner, file)) if *owner == pid => Some(Arc::clone(file)),
+        _ => {
+            let file = Arc::new(File::options().read(true).open("/proc/self/mem").ok()?);
+            *mem = Some((pid, Arc::clone(&file)));
+            Some(file)
+        }
+    }
 }
 
 /// What threads may do with a range of the region, as `mprotect(2)` sets it.
@@ -43,7 +61,7 @@ impl Region {
     /// child at `fork`: the child has no handler and its copy would show holes
     /// as zeros, so it gets no memory there at all.
     pub(crate) fn reserve(len: usize, read_only: bool) -> io::Result<Region> {
-        let mem = File::options().read(true).open("/proc/self/mem").ok();
+        let mem = proc_self_mem();
         let prot = if read_only {
             libc::PROT_READ
         } else {
