@@ -9,9 +9,9 @@
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::ahead::Streams;
+use crate::ahead::{MAX_FILL_PAGES, Streams};
 use crate::error::{Error, Result};
 use crate::fence::Fences;
 use crate::flags::{Flags, Residency};
@@ -22,7 +22,7 @@ use crate::options::OnFull;
 use crate::service::Service;
 use crate::stats::{Counters, Timer};
 use crate::store::{SignalSafe, Store};
-use crate::sys::{self, Region, Uffd};
+use crate::sys::{self, Region, Uffd, ZeroedWords};
 
 /// Fields drop in declaration order, which is the teardown order after the
 /// service has let go of the mapping and its range is unregistered: unmap
@@ -48,9 +48,10 @@ pub(crate) struct Engine {
     pub read_only: bool,
     /// Sequential readers and writers, to work ahead of them (taken after `flags`).
     pub streams: Mutex<Streams>,
-    /// A buffer for reads ahead, kept so each fault does not fault in a
-    /// fresh one (taken after `flags`).
-    pub scratch: Mutex<Vec<u8>>,
+    /// The buffer a fill reads into: room for the largest fill, allocated at
+    /// open (a signal handler may fill and must not allocate), in memory only
+    /// once used (taken after `flags`).
+    pub scratch: Mutex<ZeroedWords>,
     /// Held shared by operations that must see a stable layout (checked copies,
     /// flushes), exclusively by those that change it (size changes, holes, eviction).
     pub layout: RwLock<()>,
@@ -146,6 +147,30 @@ impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Failure {
         Failure::Io(e)
     }
+}
+
+/// Zeros for fills of pages that read as zeros: never written, so they
+/// cost no memory (the kernel's zero page backs them). Set up by
+/// [`init_zero_pages`] before any mapping exists; read in signal handlers.
+static ZERO_PAGES: OnceLock<ZeroedWords> = OnceLock::new();
+
+/// Sets up the zeros of the largest fill; called at every open.
+pub(crate) fn init_zero_pages() -> io::Result<()> {
+    if ZERO_PAGES.get().is_none() {
+        let words = (MAX_FILL_PAGES * sys::page_size()).div_ceil(8) as usize;
+        let _ = ZERO_PAGES.set(ZeroedWords::new(words)?);
+    }
+    Ok(())
+}
+
+/// The fill buffer for a mapping over `geo`: room for its largest fill.
+pub(crate) fn scratch_for(geo: &Geometry) -> io::Result<ZeroedWords> {
+    let fill_pages = MAX_FILL_PAGES.min(geo.pages());
+    ZeroedWords::new((fill_pages * geo.page).div_ceil(8) as usize)
+}
+
+fn zero_pages() -> &'static [u8] {
+    ZERO_PAGES.get().expect("set up at open").bytes()
 }
 
 pub(crate) fn relock<G>(r: Result<G, std::sync::PoisonError<G>>) -> G {
@@ -380,21 +405,21 @@ impl Engine {
                 .count() as u64;
         let zeros =
             self.store.unallocated_reads_zero() && (page..page + count).all(|p| flags.reads_as_zeros(p));
-        let mut buf = relock(self.scratch.lock());
         let len = (count * self.geo.page) as usize;
-        if zeros {
-            buf.clear();
-            buf.resize(len, 0);
+        let mut scratch = relock(self.scratch.lock());
+        let buf: &[u8] = if zeros {
+            &zero_pages()[..len]
         } else {
             // Every byte is overwritten: read, or zeroed past EOF.
-            buf.resize(len, 0);
-            self.read_pages(flags, page, &mut buf, calls)?;
-        }
+            let buf = &mut scratch.bytes_mut()[..len];
+            self.read_pages(flags, page, buf, calls)?;
+            buf
+        };
         let filled = |flags: &mut Flags, p: u64| match writable {
             true => flags.granted_write(p),
             false => flags.filled_for_read(p),
         };
-        match self.install(page, &buf, writable) {
+        match self.install(page, buf, writable) {
             Ok(()) => {
                 for p in page..page + count {
                     filled(flags, p);

@@ -21,8 +21,7 @@
 
 use std::ops::Range;
 
-use fixedbitset::FixedBitSet;
-
+use crate::bitmaps::Bitmaps;
 use crate::claims::Claims;
 use crate::geometry::{Geometry, intersect};
 
@@ -42,64 +41,65 @@ pub(crate) enum Residency {
 pub(crate) struct Flags {
     geo: Geometry,
     eof: u64,
-    pages: Vec<Residency>,
-    dirty: FixedBitSet,
-    allocated: FixedBitSet,
-    zeroed: FixedBitSet,
-    poisoned: FixedBitSet,
-    locked: FixedBitSet,
+    /// The bits, numbered by the constants below; memory only where set.
+    bits: Bitmaps<MAPS>,
     lost: Vec<Range<u64>>,
     /// Block ranges being allocated with the lock released (`claims.rs`).
     pub claims: Claims,
 }
 
+/// Per page: in memory (protected or writable).
+const RESIDENT: usize = 0;
+/// Per page: in memory and writable (only with `RESIDENT`).
+const WRITABLE: usize = 1;
+const DIRTY: usize = 2;
+const POISONED: usize = 3;
+const LOCKED: usize = 4;
+/// Per block.
+const ALLOCATED: usize = 5;
+/// Per unit.
+const ZEROED: usize = 6;
+const MAPS: usize = 7;
+
+/// The length of each bitmap over `geo`.
+fn lens(geo: &Geometry) -> [u64; MAPS] {
+    let pages = geo.pages();
+    [pages, pages, pages, pages, pages, geo.blocks(), units(geo)]
+}
+
 impl Flags {
     /// All pages absent and clean; `allocated` lists the store's block ranges.
-    pub fn new(geo: Geometry, eof: u64, allocated: &[Range<u64>]) -> Flags {
+    /// Fails only if the memory for the bits cannot be reserved.
+    pub fn new(geo: Geometry, eof: u64, allocated: &[Range<u64>]) -> std::io::Result<Flags> {
         let mut flags = Flags {
             geo,
             eof,
-            pages: vec![Residency::Absent; geo.pages() as usize],
-            dirty: FixedBitSet::with_capacity(geo.pages() as usize),
-            allocated: FixedBitSet::with_capacity(geo.blocks() as usize),
-            zeroed: FixedBitSet::with_capacity(units(&geo) as usize),
-            poisoned: FixedBitSet::with_capacity(geo.pages() as usize),
-            locked: FixedBitSet::with_capacity(geo.pages() as usize),
+            bits: Bitmaps::new(lens(&geo))?,
             lost: Vec::new(),
             claims: Claims::default(),
         };
         for r in allocated {
             flags.mark_allocated(r.start.min(geo.blocks())..r.end.min(geo.blocks()));
         }
-        flags
+        Ok(flags)
     }
 
     /// These flags over the larger `geo` of a grown reservation: pages and
     /// blocks past the old capacity absent and unallocated; no poison marks
     /// (the new memory has none: an access past EOF poisons again).
-    pub fn regrown(&self, geo: Geometry) -> Flags {
+    pub fn regrown(&self, geo: Geometry) -> std::io::Result<Flags> {
         debug_assert!(
             geo.capacity >= self.geo.capacity && geo.page == self.geo.page && geo.block == self.geo.block
         );
-        let grown = |set: &FixedBitSet, len: u64| {
-            let mut set = set.clone();
-            set.grow(len as usize);
-            set
-        };
-        let mut pages = self.pages.clone();
-        pages.resize(geo.pages() as usize, Residency::Absent);
-        Flags {
+        let mut bits = self.bits.grown(lens(&geo))?;
+        bits.set_range(POISONED, 0..geo.pages(), false);
+        Ok(Flags {
             geo,
             eof: self.eof,
-            pages,
-            dirty: grown(&self.dirty, geo.pages()),
-            allocated: grown(&self.allocated, geo.blocks()),
-            zeroed: grown(&self.zeroed, units(&geo)),
-            poisoned: FixedBitSet::with_capacity(geo.pages() as usize),
-            locked: grown(&self.locked, geo.pages()),
+            bits,
             lost: self.lost.clone(),
             claims: Claims::default(),
-        }
+        })
     }
 
     pub fn eof(&self) -> u64 {
@@ -112,15 +112,24 @@ impl Flags {
     }
 
     pub fn residency(&self, page: u64) -> Residency {
-        self.pages[page as usize]
+        match (self.bits.get(RESIDENT, page), self.bits.get(WRITABLE, page)) {
+            (false, _) => Residency::Absent,
+            (true, false) => Residency::Protected,
+            (true, true) => Residency::Writable,
+        }
+    }
+
+    fn set_residency(&mut self, page: u64, residency: Residency) {
+        self.bits.set(RESIDENT, page, residency != Residency::Absent);
+        self.bits.set(WRITABLE, page, residency == Residency::Writable);
     }
 
     pub fn is_dirty(&self, page: u64) -> bool {
-        self.dirty.contains(page as usize)
+        self.bits.get(DIRTY, page)
     }
 
     pub fn is_allocated(&self, block: u64) -> bool {
-        self.allocated.contains(block as usize)
+        self.bits.get(ALLOCATED, block)
     }
 
     pub fn past_eof(&self, page: u64) -> bool {
@@ -137,10 +146,10 @@ impl Flags {
     }
 
     /// The zeroed-bit units over `bytes` (rounded out).
-    fn units_over(&self, bytes: Range<u64>) -> Range<usize> {
+    fn units_over(&self, bytes: Range<u64>) -> Range<u64> {
         let unit = unit(&self.geo);
         let end = bytes.end.div_ceil(unit).min(units(&self.geo));
-        (bytes.start / unit).min(end) as usize..end as usize
+        (bytes.start / unit).min(end)..end
     }
 
     /// Whether every unit of `page` below EOF lies in an unallocated block
@@ -149,7 +158,7 @@ impl Flags {
         let bytes = self.geo.page_bytes(page);
         let unit = unit(&self.geo);
         self.units_over(bytes.start..bytes.end.min(self.eof))
-            .all(|u| !self.is_allocated(u as u64 * unit / self.geo.block) || self.zeroed.contains(u))
+            .all(|u| !self.is_allocated(u * unit / self.geo.block) || self.bits.get(ZEROED, u))
     }
 
     /// Marks `blocks` allocated; the units of those that were not are zeroed.
@@ -157,7 +166,7 @@ impl Flags {
         for b in blocks.clone() {
             if !self.is_allocated(b) {
                 let units = self.units_over(self.geo.block_bytes(b));
-                self.zeroed.insert_range(units);
+                self.bits.set_range(ZEROED, units, true);
             }
         }
         self.mark_allocated(blocks);
@@ -166,21 +175,20 @@ impl Flags {
     /// `page` is coming into memory: its bytes in the store may change.
     fn touched(&mut self, page: u64) {
         let units = self.units_over(self.geo.page_bytes(page));
-        self.zeroed.remove_range(units);
+        self.bits.set_range(ZEROED, units, false);
     }
 
     pub fn mark_allocated(&mut self, blocks: Range<u64>) {
-        self.allocated
-            .insert_range(blocks.start as usize..blocks.end as usize);
+        self.bits.set_range(ALLOCATED, blocks, true);
     }
 
     pub fn forget_allocated(&mut self, blocks: Range<u64>) {
         let end = blocks.end.min(self.geo.blocks());
         if blocks.start < end {
-            self.allocated.remove_range(blocks.start as usize..end as usize);
+            self.bits.set_range(ALLOCATED, blocks.start..end, false);
             let units =
                 self.units_over(self.geo.block_bytes(blocks.start).start..self.geo.block_bytes(end - 1).end);
-            self.zeroed.remove_range(units);
+            self.bits.set_range(ZEROED, units, false);
         }
     }
 
@@ -188,28 +196,28 @@ impl Flags {
     pub fn filled_for_read(&mut self, page: u64) {
         debug_assert_eq!(self.residency(page), Residency::Absent);
         self.touched(page);
-        self.pages[page as usize] = Residency::Protected;
-        self.dirty.set(page as usize, false);
+        self.set_residency(page, Residency::Protected);
+        self.bits.set(DIRTY, page, false);
     }
 
     /// A page was made writable after its blocks were allocated: writable and dirty.
     pub fn granted_write(&mut self, page: u64) {
         debug_assert!(self.missing_blocks(page).is_none(), "rule 1: blocks first");
         self.touched(page);
-        self.pages[page as usize] = Residency::Writable;
-        self.dirty.insert(page as usize);
+        self.set_residency(page, Residency::Writable);
+        self.bits.set(DIRTY, page, true);
     }
 
     /// A resident page was write-protected (its dirty mark is kept).
     pub fn protected(&mut self, page: u64) {
         debug_assert_ne!(self.residency(page), Residency::Absent);
-        self.pages[page as usize] = Residency::Protected;
+        self.set_residency(page, Residency::Protected);
     }
 
     /// A page was dropped from memory: absent and clean.
     pub fn dropped(&mut self, page: u64) {
-        self.pages[page as usize] = Residency::Absent;
-        self.dirty.set(page as usize, false);
+        self.set_residency(page, Residency::Absent);
+        self.bits.set(DIRTY, page, false);
     }
 
     /// A resident page turned out to be gone from memory (dropped by
@@ -236,69 +244,53 @@ impl Flags {
     /// An access past EOF poisoned the absent `page`.
     pub fn poisoned(&mut self, page: u64) {
         debug_assert_eq!(self.residency(page), Residency::Absent);
-        self.poisoned.insert(page as usize);
+        self.bits.set(POISONED, page, true);
     }
 
     /// Poisoned pages in `pages`; they are cleared (dropped) when EOF moves over them.
     pub fn poisoned_pages(&self, pages: Range<u64>) -> Vec<u64> {
-        let end = pages.end.min(self.geo.pages());
-        (pages.start..end)
-            .filter(|&p| self.poisoned.contains(p as usize))
-            .collect()
+        self.bits.ones(POISONED, pages).collect()
     }
 
     pub fn is_poisoned(&self, page: u64) -> bool {
-        self.poisoned.contains(page as usize)
+        self.bits.get(POISONED, page)
     }
 
     pub fn unpoisoned(&mut self, page: u64) {
-        self.poisoned.set(page as usize, false);
+        self.bits.set(POISONED, page, false);
     }
 
     /// Marks `pages` locked in memory (or not): eviction leaves locked pages alone.
     pub fn set_locked(&mut self, pages: Range<u64>, locked: bool) {
-        let end = pages.end.min(self.geo.pages());
-        if pages.start < end {
-            self.locked.set_range(pages.start as usize..end as usize, locked);
-        }
+        self.bits.set_range(LOCKED, pages, locked);
     }
 
     pub fn is_locked(&self, page: u64) -> bool {
-        self.locked.contains(page as usize)
+        self.bits.get(LOCKED, page)
     }
 
     /// A flush takes the page: clean and protected.
     pub fn cleaned(&mut self, page: u64) {
-        self.pages[page as usize] = Residency::Protected;
-        self.dirty.set(page as usize, false);
+        self.set_residency(page, Residency::Protected);
+        self.bits.set(DIRTY, page, false);
     }
 
     /// A flush failed after taking the page: dirty again, so the next flush writes it.
     pub fn redirty(&mut self, page: u64) {
         debug_assert_ne!(self.residency(page), Residency::Absent);
-        self.dirty.insert(page as usize);
+        self.bits.set(DIRTY, page, true);
     }
 
     /// Dirty pages in `pages`, in order.
     pub fn dirty_pages(&self, pages: Range<u64>) -> Vec<u64> {
-        let end = pages.end.min(self.geo.pages());
-        if pages.start >= end {
-            return Vec::new();
-        }
-        let mut dirty = self.dirty.clone();
-        dirty.set_range(..pages.start as usize, false);
-        dirty.set_range(end as usize.., false);
-        dirty.ones().map(|p| p as u64).collect()
+        self.bits.ones(DIRTY, pages).collect()
     }
 
     /// Resident pages in `pages` matching `keep`, in order.
     pub fn resident_pages(&self, pages: Range<u64>, keep: impl Fn(Residency, bool) -> bool) -> Vec<u64> {
-        let end = pages.end.min(self.geo.pages());
-        (pages.start..end)
-            .filter(|&p| {
-                let r = self.residency(p);
-                r != Residency::Absent && keep(r, self.is_dirty(p))
-            })
+        self.bits
+            .ones(RESIDENT, pages)
+            .filter(|&p| keep(self.residency(p), self.is_dirty(p)))
             .collect()
     }
 
@@ -321,25 +313,39 @@ impl Flags {
     }
 
     pub fn allocated_blocks(&self) -> u64 {
-        self.allocated.count_ones(..) as u64
+        self.bits.count(ALLOCATED, 0..self.geo.blocks())
     }
 
     pub fn resident_count(&self) -> u64 {
-        self.pages.iter().filter(|r| **r != Residency::Absent).count() as u64
+        self.bits.count(RESIDENT, 0..self.geo.pages())
     }
 
     pub fn dirty_count(&self) -> u64 {
-        self.dirty.count_ones(..) as u64
+        self.bits.count(DIRTY, 0..self.geo.pages())
     }
 
     /// Checks DESIGN rule 1 and the residency rules on every page; returns the
     /// first page that breaks one, with the reason.
     pub fn check(&self) -> Result<(), String> {
-        let first_past_eof = self.eof.div_ceil(self.geo.block) as usize;
-        if let Some(block) = self.allocated.ones().find(|&b| b >= first_past_eof) {
+        let first_past_eof = self.eof.div_ceil(self.geo.block);
+        if let Some(block) = self
+            .bits
+            .ones(ALLOCATED, first_past_eof..self.geo.blocks())
+            .next()
+        {
             return Err(format!("block {block} allocated wholly past EOF {}", self.eof));
         }
-        for page in 0..self.geo.pages() {
+        let pages = 0..self.geo.pages();
+        let mut marked: Vec<u64> = [RESIDENT, WRITABLE, DIRTY, POISONED]
+            .into_iter()
+            .flat_map(|map| self.bits.ones(map, pages.clone()))
+            .collect();
+        marked.sort_unstable();
+        marked.dedup();
+        for page in marked {
+            if self.bits.get(WRITABLE, page) && !self.bits.get(RESIDENT, page) {
+                return Err(format!("page {page} writable but not resident"));
+            }
             let r = self.residency(page);
             if r == Residency::Writable && !self.is_dirty(page) {
                 return Err(format!("page {page} writable but clean"));
@@ -353,7 +359,7 @@ impl Flags {
             if r != Residency::Absent && self.past_eof(page) {
                 return Err(format!("page {page} resident past EOF {}", self.eof));
             }
-            if self.poisoned.contains(page as usize) && (r != Residency::Absent || !self.past_eof(page)) {
+            if self.is_poisoned(page) && (r != Residency::Absent || !self.past_eof(page)) {
                 return Err(format!("page {page} poisoned but {r:?} below EOF {}", self.eof));
             }
         }
@@ -375,7 +381,7 @@ mod tests {
     use super::*;
 
     fn flags(block: u64, eof: u64) -> Flags {
-        Flags::new(Geometry::new(4096, block, 64 * 1024).unwrap(), eof, &[])
+        Flags::new(Geometry::new(4096, block, 64 * 1024).unwrap(), eof, &[]).unwrap()
     }
 
     #[test]
@@ -500,7 +506,7 @@ mod tests {
         f.filled_for_read(2);
         f.set_locked(2..3, true);
         f.poisoned(10);
-        let g = f.regrown(Geometry::new(4096, 1024, 256 * 1024).unwrap());
+        let g = f.regrown(Geometry::new(4096, 1024, 256 * 1024).unwrap()).unwrap();
         assert_eq!((g.residency(1), g.is_dirty(1)), (Residency::Writable, true));
         assert_eq!(g.residency(2), Residency::Protected);
         assert!(g.is_locked(2) && g.is_allocated(8) && !g.is_allocated(9));

@@ -116,7 +116,9 @@
 //!
 //! The mapping reserves address space for
 //! [`capacity`](crate::MappingOptions::capacity) bytes at open (1 GiB or the
-//! file's length by default; reserving costs no memory, `MAP_NORESERVE`).
+//! file's length by default; reserving costs no memory, `MAP_NORESERVE`,
+//! and the mapping's own state costs memory only for the pages touched: an
+//! idle mapping costs ~8 KiB, whatever its capacity).
 //! [`set_len`](crate::Mapping::set_len) moves EOF anywhere below it; past it
 //! is [`Error::BeyondCapacity`](crate::Error::BeyondCapacity). Pick the
 //! largest size the file may reach: the memory never moves, so pointers

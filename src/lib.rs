@@ -94,6 +94,7 @@
 #![warn(missing_docs)]
 
 mod ahead;
+mod bitmaps;
 mod checked;
 mod claims;
 mod engine;

@@ -151,20 +151,14 @@ impl Mapping {
         service
             .uffd
             .register(region.base(), region.len() as u64, opts.read_only)?;
-        // A signal handler may fill pages through the scratch buffer, and
-        // must not allocate: give it its largest size now.
-        let scratch = match in_thread {
-            true => {
-                Vec::with_capacity(crate::ahead::MAX_FILL_PAGES.min(geo.pages()) as usize * geo.page as usize)
-            }
-            false => Vec::new(),
-        };
+        crate::engine::init_zero_pages()?;
+        let scratch = crate::engine::scratch_for(&geo)?;
         let engine = Arc::new(Engine {
             region,
             service,
             store,
             geo,
-            flags: Mutex::new(Flags::new(geo, len, &allocated)),
+            flags: Mutex::new(Flags::new(geo, len, &allocated)?),
             eof: AtomicU64::new(len),
             fences: Mutex::default(),
             owner: sys::process_id(),

@@ -16,6 +16,7 @@ impl Engine {
             .ok_or_else(|| too_large(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
         let size = usize::try_from(geo.capacity)
             .map_err(|_| too_large(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
+        let scratch = crate::engine::scratch_for(&geo)?;
         let region = Region::reserve(size, self.read_only).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOMEM) => too_large(e),
             _ => Error::Io(e),
@@ -25,22 +26,36 @@ impl Engine {
         self.lift_all_fences()?;
         // Take the flags out, so copying can update them; on an error they go
         // back as they are (still right for the old memory, which stays).
-        let placeholder = crate::flags::Flags::new(self.geo, 0, &[]);
-        let mut flags = std::mem::replace(
-            self.flags.get_mut().unwrap_or_else(|e| e.into_inner()),
-            placeholder,
-        );
-        let copied = self.copy_into(&region, &mut flags);
-        if let Err(e) = copied {
-            *self.flags.get_mut().unwrap_or_else(|e| e.into_inner()) = flags;
-            let _ = self.uffd().unregister(region.base(), region.len() as u64);
-            return Err(e);
-        }
-        *self.flags.get_mut().unwrap_or_else(|e| e.into_inner()) = flags.regrown(geo);
+        let taken = crate::flags::Flags::new(self.geo, 0, &[]).map(|placeholder| {
+            std::mem::replace(
+                self.flags.get_mut().unwrap_or_else(|e| e.into_inner()),
+                placeholder,
+            )
+        });
+        let mut flags = match taken {
+            Ok(flags) => flags,
+            Err(e) => {
+                let _ = self.uffd().unregister(region.base(), region.len() as u64);
+                return Err(e.into());
+            }
+        };
+        let grown = self
+            .copy_into(&region, &mut flags)
+            .and_then(|()| Ok(flags.regrown(geo)?));
+        *self.flags.get_mut().unwrap_or_else(|e| e.into_inner()) = match grown {
+            Ok(grown) => grown,
+            Err(e) => {
+                *self.flags.get_mut().unwrap_or_else(|e| e.into_inner()) = flags;
+                let _ = self.uffd().unregister(region.base(), region.len() as u64);
+                return Err(e);
+            }
+        };
         // The old memory goes: unregistered, then unmapped when `region` drops.
         let old = std::mem::replace(&mut self.region, region);
         let _ = self.uffd().unregister(old.base(), old.len() as u64);
         self.geo = geo;
+        // Fills may be larger now: a small reservation's buffer was smaller.
+        *self.scratch.get_mut().unwrap_or_else(|e| e.into_inner()) = scratch;
         Ok(())
     }
 

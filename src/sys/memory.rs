@@ -54,6 +54,26 @@ unsafe impl Send for Region {}
 // the locks their callers hold.
 unsafe impl Sync for Region {}
 
+/// A fresh private anonymous mapping of `len` bytes (`MAP_NORESERVE`: its
+/// pages cost memory only once written), at an address the kernel picks.
+pub(super) fn map_anonymous(len: usize, prot: libc::c_int) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh anonymous mapping at a kernel-chosen address aliases nothing.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(NonNull::new(ptr.cast()).expect("mmap never returns null on success"))
+}
+
 impl Region {
     /// Reserves `len` bytes (a multiple of the page size), readable and, unless
     /// `read_only`, writable. The kernel is asked not to back them with huge
@@ -67,22 +87,8 @@ impl Region {
         } else {
             libc::PROT_READ | libc::PROT_WRITE
         };
-        // SAFETY: a fresh anonymous mapping at a kernel-chosen address aliases nothing.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         let region = Region {
-            base: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
+            base: map_anonymous(len, prot)?,
             len,
             mem,
         };

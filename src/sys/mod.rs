@@ -8,6 +8,7 @@ mod memory;
 mod signal;
 mod thread;
 mod uffd;
+mod zeroed;
 
 pub(crate) use file::{
     allocate, allocate_raw, data_ranges, data_sync, fs_block_size, is_read_only, punch_hole,
@@ -19,6 +20,7 @@ pub(crate) use signal::send_sigbus;
 pub(crate) use thread::{ThreadState, process_id, thread_state};
 pub use uffd::UffdOrigin;
 pub(crate) use uffd::{Fault, RawMsg, Uffd};
+pub(crate) use zeroed::ZeroedWords;
 
 use std::io;
 use std::os::fd::AsFd;

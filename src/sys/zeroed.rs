@@ -1,0 +1,85 @@
+//! Words of anonymous memory that read as zero until written: what nobody
+//! wrote costs no memory (the kernel maps its shared zero page for reads,
+//! and a page of its own only at the first write). The flags of a mapping
+//! live here, so their memory follows what was touched, not the capacity.
+
+use std::io;
+use std::ptr::NonNull;
+
+/// `len` words in one private anonymous mapping (`MAP_NORESERVE`,
+/// `MADV_DONTFORK`), zero until written. One mapping however many bitmaps it holds, so a mapping's
+/// flags cost one kernel memory area.
+pub(crate) struct ZeroedWords {
+    ptr: NonNull<u64>,
+    len: usize,
+}
+
+// SAFETY: the words are plain memory owned by this value and reached only
+// through `&self` (reads) and `&mut self` (writes), as with a `Vec<u64>`.
+unsafe impl Send for ZeroedWords {}
+// SAFETY: as above.
+unsafe impl Sync for ZeroedWords {}
+
+impl ZeroedWords {
+    pub(crate) fn new(len: usize) -> io::Result<ZeroedWords> {
+        if len == 0 {
+            return Ok(ZeroedWords {
+                ptr: NonNull::dangling(),
+                len,
+            });
+        }
+        let bytes = len
+            .checked_mul(8)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        let ptr = super::memory::map_anonymous(bytes, libc::PROT_READ | libc::PROT_WRITE)?;
+        let words = ZeroedWords { ptr: ptr.cast(), len };
+        // A forked child never reads a mapping's flags (every call there
+        // fails first), so it gets no copy of them.
+        // SAFETY: advising our own fresh mapping, of which no reference exists yet.
+        if unsafe { libc::madvise(ptr.as_ptr().cast(), bytes, libc::MADV_DONTFORK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(words)
+    }
+}
+
+impl ZeroedWords {
+    /// The words as bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the same memory as `deref`, viewed as bytes (any bit
+        // pattern is a valid `u8`, and `u8` needs no alignment).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.len * 8) }
+    }
+
+    /// The words as bytes, to write.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; `&mut self` makes this the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.len * 8) }
+    }
+}
+
+impl std::ops::Deref for ZeroedWords {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        // SAFETY: `len` initialized (zero-filled by the kernel) words at an
+        // aligned address we own; `&self` keeps writers away.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for ZeroedWords {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        // SAFETY: as in `deref`; `&mut self` makes this the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for ZeroedWords {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmapping our own mapping; no borrow of it outlives `self`.
+            // Failure would mean the range is invalid, which it is not.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len * 8) };
+        }
+    }
+}
