@@ -28,6 +28,8 @@ use workloads::{Nbd, Run, Subject, Writer};
 
 struct Size {
     pages: usize,
+    /// Mappings open at once in workload 10.
+    mappings: usize,
     reps: usize,
     db_len: u64,
     db_records: u64,
@@ -35,6 +37,7 @@ struct Size {
 
 const FULL: Size = Size {
     pages: 16 * 1024,
+    mappings: 10_000,
     reps: 3,
     db_len: 256 << 20,
     db_records: 100_000,
@@ -42,6 +45,7 @@ const FULL: Size = Size {
 
 const SMOKE: Size = Size {
     pages: 256,
+    mappings: 200,
     reps: 1,
     db_len: 16 << 20,
     db_records: 20_000,
@@ -253,6 +257,52 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
         &mut || db(KERNEL, Writer::Pwrite),
         &mut || db(KERNEL, Writer::Raw),
     );
+    if fs == "ext4" || fs == "tempdir" {
+        rows.extend(many_mappings_rows(dir, fs, size));
+    }
+    rows
+}
+
+/// Picks one phase of workload 10's run.
+type Phase = fn(&workloads::ManyMappings) -> &Run;
+
+/// Workload 10's rows: each phase's median over the runs, per subject.
+fn many_mappings_rows(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
+    let count = size.mappings;
+    let runs = |s: Subject| {
+        (0..size.reps)
+            .map(|_| workloads::many_mappings(dir, s, count))
+            .collect::<Vec<_>>()
+    };
+    let kernel = runs(KERNEL);
+    let mut rows = Vec::new();
+    for (mk, tag) in DELIVERIES {
+        let mk = runs(mk);
+        let phase = |runs: &[workloads::ManyMappings], pick: Phase| {
+            let mut phase: Vec<Run> = runs.iter().map(|r| pick(r).clone()).collect();
+            phase.sort_by_key(Run::per_unit);
+            phase.swap_remove(phase.len() / 2)
+        };
+        let phases: [(String, Phase); 4] = [
+            (format!("10. open a mapping, {count} open{tag}"), |r| &r.open),
+            (format!("10. first write, mappings 1-100 of {count}{tag}"), |r| {
+                &r.first_fault_early
+            }),
+            (
+                format!("10. first write, last 100 of {count} mappings{tag}"),
+                |r| &r.first_fault_late,
+            ),
+            (format!("10. close a mapping, {count} open{tag}"), |r| &r.close),
+        ];
+        for (name, pick) in phases {
+            rows.push(Row {
+                name,
+                fs,
+                mk: phase(&mk, pick),
+                kernel: phase(&kernel, pick),
+            });
+        }
+    }
     rows
 }
 

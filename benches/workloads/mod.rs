@@ -2,7 +2,7 @@
 //! mkwrite and through the kernel's own `mmap(MAP_SHARED)` on a twin file on
 //! the same filesystem. Every workload sets up outside the timed part and
 //! returns only the time of the work itself (opening, dropping and closing
-//! mappings are never timed).
+//! mappings are never timed, except by workload 10, which times just that).
 
 #![allow(dead_code)] // each bench binary uses its part
 
@@ -235,6 +235,7 @@ pub fn order(pages: usize, random: bool) -> Vec<usize> {
 
 /// One measured run: the time of the work, how many units it did, and
 /// mkwrite's counters for the run (none for the kernel).
+#[derive(Clone)]
 pub struct Run {
     pub time: Duration,
     pub units: u64,
@@ -557,4 +558,68 @@ pub fn fallocate_per_call(dir: &Path, bytes: u64, total: u64) -> Duration {
     let time = started.elapsed() / calls as u32;
     let _ = std::fs::remove_file(&path);
     time
+}
+
+/// Workload 10's phases, each timed on its own over many mappings.
+pub struct ManyMappings {
+    /// Opening one mapping (of a file with two sparse pages).
+    pub open: Run,
+    /// A first write to a page of each of the first 100 mappings opened.
+    pub first_fault_early: Run,
+    /// The same in the last 100 opened, with all the others still open.
+    pub first_fault_late: Run,
+    /// Closing one mapping (flushed beforehand, so nothing is written).
+    pub close: Run,
+}
+
+/// Workload 10: `count` mappings of as many files open at once.
+pub fn many_mappings(dir: &Path, s: Subject, count: usize) -> ManyMappings {
+    let dir = dir.join(format!("many-{s:?}").replace(|c: char| !c.is_alphanumeric(), "-"));
+    std::fs::create_dir_all(&dir).expect("a directory for the files");
+    let paths: Vec<PathBuf> = (0..count).map(|i| dir.join(i.to_string())).collect();
+    for path in &paths {
+        sparse(path, 2 * PAGE as u64);
+    }
+    let started = Instant::now();
+    let maps: Vec<Mapped> = paths
+        .iter()
+        .map(|p| Mapped::open(s, p, 2 * PAGE as u64))
+        .collect();
+    let open = Run {
+        time: started.elapsed(),
+        units: count as u64,
+        stats: None,
+    };
+    let sample = 100.min(count);
+    let first_writes = |maps: &[Mapped]| {
+        let started = Instant::now();
+        for m in maps {
+            // SAFETY: page 0 lies below EOF and no other thread touches it.
+            unsafe { m.ptr().write(1) };
+        }
+        Run {
+            time: started.elapsed(),
+            units: maps.len() as u64,
+            stats: None,
+        }
+    };
+    let first_fault_early = first_writes(&maps[..sample]);
+    let first_fault_late = first_writes(&maps[count - sample..]);
+    for m in maps[..sample].iter().chain(&maps[count - sample..]) {
+        m.flush();
+    }
+    let started = Instant::now();
+    drop(maps);
+    let close = Run {
+        time: started.elapsed(),
+        units: count as u64,
+        stats: None,
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    ManyMappings {
+        open,
+        first_fault_early,
+        first_fault_late,
+        close,
+    }
 }
