@@ -124,6 +124,7 @@ impl Mapping {
     }
 
     pub(crate) fn new(store: Box<dyn Store>, opts: &MappingOptions) -> Result<Mapping> {
+        let store: Box<dyn Store> = Box::new(crate::store::Unsynced::new(store));
         let block = check_block_size(store.block_size())?;
         let len = store.len();
         let capacity = opts.capacity.unwrap_or(len.max(DEFAULT_CAPACITY));

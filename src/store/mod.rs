@@ -4,6 +4,7 @@ mod file;
 mod mem;
 mod nbd;
 mod quota;
+mod unsynced;
 mod window;
 
 pub use file::FileStore;
@@ -11,6 +12,8 @@ pub use mem::MemStore;
 pub use nbd::{NbdOptions, NbdStore};
 pub use quota::QuotaStore;
 pub use window::Window;
+
+pub(crate) use unsynced::Unsynced;
 
 use std::io;
 use std::ops::Range;
