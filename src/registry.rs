@@ -10,6 +10,15 @@
 //! or the remover comes second and sees the reader counted in, and waits for
 //! it (checked under loom below, which models exactly these orderings). Ranges are read racily and only pick candidates: the reader
 //! confirms with the target itself.
+//!
+//! A lookup first asks an index: the entries sorted by range start, kept
+//! by writers under a version word (odd while one edits it; writers take it
+//! by compare-and-swap, so there is no lock a signal handler could meet). A
+//! reader binary-searches it and uses the answer only if the version did not
+//! move meanwhile; otherwise, or if the index names no candidate, it scans
+//! every entry. The index thus only makes a lookup faster (10,000 mappings:
+//! a scan costs ~10 µs a fault); which target is returned, and that it
+//! stays alive, rests on the entries' protocol alone.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering::SeqCst;
@@ -30,6 +39,12 @@ pub(crate) struct Registry<T> {
     entries: Box<[Entry<T>]>,
     /// Entries at or past this index have never been used.
     used: AtomicUsize,
+    /// Indexes of the registered entries, sorted by range start; the first
+    /// `sorted_len` are meaningful.
+    sorted: Box<[AtomicUsize]>,
+    sorted_len: AtomicUsize,
+    /// Odd while a writer edits `sorted`.
+    version: AtomicUsize,
 }
 
 // SAFETY: the table holds only atomics and pointers to `T: Sync` values
@@ -71,6 +86,9 @@ impl<T> Registry<T> {
         Registry {
             entries,
             used: AtomicUsize::new(0),
+            sorted: (0..capacity).map(|_| AtomicUsize::new(0)).collect(),
+            sorted_len: AtomicUsize::new(0),
+            version: AtomicUsize::new(0),
         }
     }
 
@@ -81,20 +99,78 @@ impl<T> Registry<T> {
     /// `target` stays valid until [`remove`](Self::remove) of the returned
     /// index has returned.
     pub unsafe fn insert(&self, range: Range<usize>, target: *const T) -> Option<usize> {
-        let index = self
-            .entries
-            .iter()
-            .position(|e| e.claimed.compare_exchange(0, 1, SeqCst, SeqCst).is_ok())?;
+        // Never-used entries first, so a table of many does not try each
+        // taken one in turn; then any freed since.
+        let fresh = self.used.load(SeqCst).min(self.entries.len());
+        let index = (fresh..self.entries.len())
+            .chain(0..fresh)
+            .find(|&i| self.entries[i].claimed.compare_exchange(0, 1, SeqCst, SeqCst).is_ok())?;
         let entry = &self.entries[index];
         entry.start.store(range.start, SeqCst);
         entry.end.store(range.end, SeqCst);
         entry.target.store(target.cast_mut(), SeqCst);
         self.used.fetch_max(index + 1, SeqCst);
+        self.edit_index(|sorted, len| {
+            let at = self.starting_at_or_below(len, range.start);
+            for i in (at..len).rev() {
+                sorted[i + 1].store(sorted[i].load(SeqCst), SeqCst);
+            }
+            sorted[at].store(index, SeqCst);
+            len + 1
+        });
         Some(index)
+    }
+
+    fn start_of(&self, index: usize) -> usize {
+        self.entries.get(index).map_or(usize::MAX, |e| e.start.load(SeqCst))
+    }
+
+    /// How many of the first `len` sorted entries start at or below `addr`
+    /// (a binary search; read racily by lookups, which check the version).
+    fn starting_at_or_below(&self, len: usize, addr: usize) -> usize {
+        let (mut low, mut high) = (0, len.min(self.sorted.len()));
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match self.start_of(self.sorted[mid].load(SeqCst)) <= addr {
+                true => low = mid + 1,
+                false => high = mid,
+            }
+        }
+        low
+    }
+
+    /// Runs `edit` on the index as its only writer; `edit` returns the new length.
+    fn edit_index(&self, edit: impl FnOnce(&[AtomicUsize], usize) -> usize) {
+        let version = loop {
+            let v = self.version.load(SeqCst);
+            if v.is_multiple_of(2) && self.version.compare_exchange(v, v + 1, SeqCst, SeqCst).is_ok() {
+                break v;
+            }
+            yield_now();
+        };
+        let len = edit(&self.sorted, self.sorted_len.load(SeqCst));
+        self.sorted_len.store(len, SeqCst);
+        self.version.store(version + 2, SeqCst);
     }
 
     /// Unregisters entry `index`; when this returns, no reader holds its target.
     pub fn remove(&self, index: usize) {
+        // Its place by its start (ranges never overlap), else by a search.
+        let at = |sorted: &[AtomicUsize], len: usize| {
+            let guess = self.starting_at_or_below(len, self.start_of(index)).checked_sub(1);
+            guess
+                .filter(|&i| sorted[i].load(SeqCst) == index)
+                .or_else(|| (0..len).find(|&i| sorted[i].load(SeqCst) == index))
+        };
+        self.edit_index(|sorted, len| match at(sorted, len) {
+            Some(at) => {
+                for i in at..len - 1 {
+                    sorted[i].store(sorted[i + 1].load(SeqCst), SeqCst);
+                }
+                len - 1
+            }
+            None => len,
+        });
         let entry = &self.entries[index];
         entry.target.swap(std::ptr::null_mut(), SeqCst);
         while entry.users.fetch_add(0, SeqCst) != 0 {
@@ -108,28 +184,46 @@ impl<T> Registry<T> {
     /// The target registered for a range holding `addr`, if `confirm` agrees
     /// it is the one. Async-signal-safe: atomics only, no allocation.
     pub fn find(&self, addr: usize, confirm: impl Fn(&T) -> bool) -> Option<Found<'_, T>> {
-        let used = self.used.load(SeqCst);
-        for entry in &self.entries[..used] {
-            if !(entry.start.load(SeqCst)..entry.end.load(SeqCst)).contains(&addr) {
-                continue;
-            }
-            entry.users.fetch_add(1, SeqCst);
-            let target = entry.target.load(SeqCst);
-            if target.is_null() {
-                entry.users.fetch_sub(1, SeqCst);
-                continue;
-            }
-            // SAFETY: non-null and counted in before `remove` cleared it, so
-            // `remove` waits for us before the target may go (see the module docs).
-            let found = Found {
-                entry,
-                target: unsafe { &*target },
-            };
-            if confirm(&found) {
-                return Some(found);
-            }
+        if let Some(found) = self.indexed(addr).and_then(|i| self.try_entry(i, addr, &confirm)) {
+            return Some(found);
         }
-        None
+        let used = self.used.load(SeqCst).min(self.entries.len());
+        (0..used).find_map(|i| self.try_entry(i, addr, &confirm))
+    }
+
+    /// The entry the index says holds `addr`, if the index stood still
+    /// while it was read.
+    fn indexed(&self, addr: usize) -> Option<usize> {
+        let version = self.version.load(SeqCst);
+        if !version.is_multiple_of(2) {
+            return None;
+        }
+        // The last entry starting at or below `addr`.
+        let below = self.starting_at_or_below(self.sorted_len.load(SeqCst), addr);
+        let index = self.sorted[below.checked_sub(1)?].load(SeqCst);
+        (self.version.load(SeqCst) == version).then_some(index)
+    }
+
+    /// Entry `index`'s target, if its range holds `addr` and `confirm` agrees.
+    fn try_entry(&self, index: usize, addr: usize, confirm: &impl Fn(&T) -> bool) -> Option<Found<'_, T>> {
+        let entry = self.entries.get(index)?;
+        if !(entry.start.load(SeqCst)..entry.end.load(SeqCst)).contains(&addr) {
+            return None;
+        }
+        entry.users.fetch_add(1, SeqCst);
+        let target = entry.target.load(SeqCst);
+        if target.is_null() {
+            entry.users.fetch_sub(1, SeqCst);
+            return None;
+        }
+        // SAFETY: non-null and counted in before `remove` cleared it, so
+        // `remove` waits for us before the target may go (see the module docs).
+        let found = Found {
+            entry,
+            target: unsafe { &*target },
+        };
+        // Not confirmed: dropping `found` counts us out again.
+        confirm(&found).then_some(found)
     }
 }
 
@@ -197,5 +291,42 @@ mod loom_tests {
             // SAFETY: no reader holds it.
             unsafe { drop(Box::from_raw(second)) };
         });
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Many ranges inserted and removed in a shuffled order: every lookup
+    /// finds the one holding its address, through the index.
+    #[test]
+    fn lookups_among_many_ranges_find_their_own() {
+        const N: usize = 1000;
+        let registry = Registry::<usize>::new(N);
+        let targets: Vec<Box<usize>> = (0..N).map(Box::new).collect();
+        // Range i is [i * 100, i * 100 + 50), inserted in a scrambled order.
+        let order: Vec<usize> = (0..N).map(|i| (i * 7919) % N).collect();
+        let mut slots = vec![None; N];
+        for &i in &order {
+            // SAFETY: every target outlives the registry's use of it (removed below).
+            slots[i] = unsafe { registry.insert(i * 100..i * 100 + 50, &*targets[i]) };
+        }
+        for (i, &slot) in slots.iter().enumerate() {
+            assert_eq!(registry.find(i * 100 + 49, |_| true).map(|t| *t), Some(i));
+            assert!(registry.find(i * 100 + 50, |_| true).is_none(), "a gap");
+            assert_eq!(registry.indexed(i * 100 + 10), slot, "the index answers");
+        }
+        for &i in order.iter().filter(|&&i| i % 2 == 0) {
+            registry.remove(slots[i].take().unwrap());
+        }
+        for i in 0..N {
+            let found = registry.find(i * 100 + 1, |_| true).map(|t| *t);
+            assert_eq!(found, (i % 2 == 1).then_some(i));
+        }
+        assert_eq!(registry.sorted_len.load(SeqCst), N / 2);
+        for slot in slots.into_iter().flatten() {
+            registry.remove(slot);
+        }
     }
 }
