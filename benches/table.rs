@@ -180,6 +180,19 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
             }
         }
     }
+    for cached in [true, false] {
+        for random in [false, true] {
+            let how = if random { "random" } else { "sequential" };
+            let cache = if cached { "cached" } else { "uncached" };
+            row(
+                format!(
+                    "2. first read, {how}, {cache}, in-thread, vs pread (kernel column: pread into private memory)"
+                ),
+                &mut || workloads::first_read(dir, MK_IN, n, random, cached),
+                &mut || workloads::first_read_pread(dir, n, random, cached),
+            );
+        }
+    }
     for (mk, tag) in DELIVERIES {
         row(
             format!("3. re-dirty after flush{tag}"),

@@ -102,9 +102,12 @@ impl<T> Registry<T> {
         // Never-used entries first, so a table of many does not try each
         // taken one in turn; then any freed since.
         let fresh = self.used.load(SeqCst).min(self.entries.len());
-        let index = (fresh..self.entries.len())
-            .chain(0..fresh)
-            .find(|&i| self.entries[i].claimed.compare_exchange(0, 1, SeqCst, SeqCst).is_ok())?;
+        let index = (fresh..self.entries.len()).chain(0..fresh).find(|&i| {
+            self.entries[i]
+                .claimed
+                .compare_exchange(0, 1, SeqCst, SeqCst)
+                .is_ok()
+        })?;
         let entry = &self.entries[index];
         entry.start.store(range.start, SeqCst);
         entry.end.store(range.end, SeqCst);
@@ -122,7 +125,9 @@ impl<T> Registry<T> {
     }
 
     fn start_of(&self, index: usize) -> usize {
-        self.entries.get(index).map_or(usize::MAX, |e| e.start.load(SeqCst))
+        self.entries
+            .get(index)
+            .map_or(usize::MAX, |e| e.start.load(SeqCst))
     }
 
     /// How many of the first `len` sorted entries start at or below `addr`
@@ -157,7 +162,9 @@ impl<T> Registry<T> {
     pub fn remove(&self, index: usize) {
         // Its place by its start (ranges never overlap), else by a search.
         let at = |sorted: &[AtomicUsize], len: usize| {
-            let guess = self.starting_at_or_below(len, self.start_of(index)).checked_sub(1);
+            let guess = self
+                .starting_at_or_below(len, self.start_of(index))
+                .checked_sub(1);
             guess
                 .filter(|&i| sorted[i].load(SeqCst) == index)
                 .or_else(|| (0..len).find(|&i| sorted[i].load(SeqCst) == index))

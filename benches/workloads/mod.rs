@@ -317,6 +317,40 @@ pub fn first_read(dir: &Path, s: Subject, pages: usize, random: bool, cached: bo
     }
 }
 
+/// Workload 2's yardstick: the same pages read with `pread` into a private
+/// buffer (fresh anonymous memory, so each page's first touch is paid too),
+/// one page a call in the same order: the least a copy into private memory
+/// costs, which is what mkwrite's fills are.
+pub fn first_read_pread(dir: &Path, pages: usize, random: bool, cached: bool) -> Run {
+    let path = file_of(dir, Subject::Kernel);
+    let len = (pages * PAGE) as u64;
+    written(&path, len);
+    if !cached {
+        drop_cache(&path);
+    }
+    let file = open_rw(&path);
+    let mut buf: Vec<u8> = Vec::with_capacity(len as usize);
+    let spare = buf.spare_capacity_mut();
+    let order = order(pages, random);
+    let started = Instant::now();
+    let mut sum = 0u64;
+    for &p in &order {
+        let at = p * PAGE;
+        // SAFETY: the spare capacity is `len` bytes and page `p` lies within
+        // it; pread writes those bytes before anything reads them.
+        let page = unsafe { std::slice::from_raw_parts_mut(spare[at..].as_mut_ptr().cast::<u8>(), PAGE) };
+        file.read_exact_at(page, at as u64).expect("pread");
+        sum += u64::from(page[0]);
+    }
+    let time = started.elapsed();
+    assert_eq!(sum, 7 * pages as u64, "read what was written");
+    Run {
+        time,
+        units: pages as u64,
+        stats: None,
+    }
+}
+
 /// Workload 3: Every page written and flushed, then one byte written to every page again.
 pub fn redirty(dir: &Path, s: Subject, pages: usize) -> Run {
     let m = fresh(dir, s, pages);
