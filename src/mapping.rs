@@ -139,7 +139,7 @@ impl Mapping {
         let size = usize::try_from(geo.capacity).map_err(|_| too_large())?;
         let allocated = store.allocated()?;
         let in_thread = opts.delivery == Delivery::InThread;
-        let service = crate::service::shared(opts.uffd_fallback, in_thread)?;
+        let service = crate::service::shared(opts.uffd_fallback, in_thread, opts.uffd_user_mode_only)?;
         let region = Region::reserve(size, opts.read_only).map_err(|source| match source.raw_os_error() {
             Some(libc::ENOMEM) => Error::CapacityUnavailable { capacity, source },
             _ => Error::Io(source),

@@ -275,6 +275,7 @@ pub struct MappingOptions {
     pub(crate) on_full: OnFull,
     pub(crate) create: bool,
     pub(crate) uffd_fallback: bool,
+    pub(crate) uffd_user_mode_only: bool,
     pub(crate) read_only: bool,
     /// The window: where in the file the mapping starts, and how far it reaches.
     pub(crate) offset: u64,
@@ -290,6 +291,7 @@ impl Default for MappingOptions {
             on_full: OnFull::Sigbus,
             create: false,
             uffd_fallback: true,
+            uffd_user_mode_only: false,
             read_only: false,
             offset: 0,
             len: None,
@@ -411,6 +413,25 @@ impl MappingOptions {
     #[doc(alias = "UFFD_USER_MODE_ONLY")]
     pub fn userfaultfd_fallback(&mut self, yes: bool) -> &mut Self {
         self.uffd_fallback = yes;
+        self
+    }
+
+    /// Use `UFFD_USER_MODE_ONLY` even where the full userfaultfd is allowed:
+    /// what an unprivileged process gets (see
+    /// [`Mapping::userfaultfd_origin`]). For testing a program (and mkwrite)
+    /// under that mode as root.
+    ///
+    /// ```
+    /// use mkwrite::{MappingOptions, MemStore, UffdOrigin};
+    /// let map = MappingOptions::new()
+    ///     .userfaultfd_user_mode_only(true)
+    ///     .map_store(MemStore::new(4096, 16)?)?;
+    /// assert_eq!(map.userfaultfd_origin(), UffdOrigin::UserModeOnly);
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
+    #[doc(hidden)]
+    pub fn userfaultfd_user_mode_only(&mut self, yes: bool) -> &mut Self {
+        self.uffd_user_mode_only = yes;
         self
     }
 

@@ -43,6 +43,7 @@ const MAX_WORKERS: usize = 16;
 struct Kind {
     fallback: bool,
     sigbus: bool,
+    user_mode_only: bool,
 }
 
 /// One piece of a worker's work: a mapping and what it needs.
@@ -88,8 +89,12 @@ static SERVICES: Mutex<Vec<Arc<Service>>> = Mutex::new(Vec::new());
 /// on first use. (A child forked while another thread held this lock would
 /// wait forever here, as with any library's lock; POSIX allows a
 /// multithreaded program's child only async-signal-safe calls.)
-pub(crate) fn shared(fallback: bool, sigbus: bool) -> Result<Arc<Service>> {
-    let kind = Kind { fallback, sigbus };
+pub(crate) fn shared(fallback: bool, sigbus: bool, user_mode_only: bool) -> Result<Arc<Service>> {
+    let kind = Kind {
+        fallback,
+        sigbus,
+        user_mode_only,
+    };
     let pid = sys::process_id();
     let mut services = relock(SERVICES.lock());
     if services.first().is_some_and(|s| s.owner != pid) {
@@ -102,7 +107,7 @@ pub(crate) fn shared(fallback: bool, sigbus: bool) -> Result<Arc<Service>> {
         return Ok(Arc::clone(service));
     }
     let service = Arc::new(Service {
-        uffd: Uffd::open(fallback, sigbus)?,
+        uffd: Uffd::open(fallback, sigbus, user_mode_only)?,
         doorbell: Doorbell::new()?,
         kind,
         owner: pid,
@@ -308,11 +313,11 @@ mod tests {
 
     #[test]
     fn mappings_of_one_kind_share_one_service() {
-        let a = shared(true, false).unwrap();
-        let b = shared(true, false).unwrap();
+        let a = shared(true, false, false).unwrap();
+        let b = shared(true, false, false).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert!(a.worker_count() >= MIN_WORKERS);
-        let c = shared(true, true).unwrap();
+        let c = shared(true, true, false).unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
     }
 }

@@ -42,6 +42,19 @@ fn differential_at(
     seed: u64,
     ops: u64,
 ) -> Tally {
+    differential_in(fs, blocks, guarded, delivery, false, seed, ops)
+}
+
+/// [`differential_at`], over a `UFFD_USER_MODE_ONLY` userfaultfd if `user_mode_only`.
+fn differential_in(
+    fs: &'static str,
+    blocks: &[u64],
+    guarded: bool,
+    delivery: Delivery,
+    user_mode_only: bool,
+    seed: u64,
+    ops: u64,
+) -> Tally {
     let mount = mount(fs);
     let keeps_tail = kernel_keeps_tail(mount.dir.path());
     let mut total = Tally::default();
@@ -53,15 +66,21 @@ fn differential_at(
             kernel_keeps_tail: keeps_tail,
             guarded,
             delivery,
+            user_mode_only,
         };
         total += campaign(&setup, seed, ops);
     }
     println!(
-        "{fs}{}{}: {} ops, {} reads and {} file pairs compared; kernel keeps a polluted tail: {keeps_tail} \
+        "{fs}{}{}{}: {} ops, {} reads and {} file pairs compared; kernel keeps a polluted tail: {keeps_tail} \
          ({} bytes judged by the shadow alone)",
         if guarded { " through poke/peek" } else { "" },
         if delivery == Delivery::InThread {
             ", faults in-thread"
+        } else {
+            ""
+        },
+        if user_mode_only {
+            ", user-mode-only userfaultfd"
         } else {
             ""
         },
@@ -138,6 +157,24 @@ fn tmpfs_in_thread_agrees_with_the_kernel() {
         SLICE_SEED ^ 0x74,
         SLICE_OPS,
     );
+}
+
+/// The userfaultfd an unprivileged process gets (`UFFD_USER_MODE_ONLY`),
+/// in both deliveries: mkwrite itself never makes the kernel touch a page
+/// that is not ready (its copies out go through `/proc/self/mem`).
+#[test]
+fn ext4_1k_user_mode_only_agrees_with_the_kernel() {
+    for (delivery, seed) in [(Delivery::HandlerThread, 0x756d), (Delivery::InThread, 0x756d69)] {
+        differential_in(
+            "ext4-1k",
+            &[512, 1024, 4096],
+            false,
+            delivery,
+            true,
+            SLICE_SEED ^ seed,
+            SLICE_OPS,
+        );
+    }
 }
 
 /// Ops per filesystem and block size for the long run.

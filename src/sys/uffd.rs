@@ -206,9 +206,18 @@ fn userfaultfd_device(flags: libc::c_int) -> io::Result<OwnedFd> {
 
 /// Tries, in order: the syscall, `/dev/userfaultfd`, and (if `fallback`) the
 /// syscall with `UFFD_USER_MODE_ONLY`, which unprivileged processes may use
-/// even when `vm.unprivileged_userfaultfd` is 0.
-fn create(fallback: bool) -> Result<(OwnedFd, UffdOrigin), Error> {
+/// even when `vm.unprivileged_userfaultfd` is 0; only the last if
+/// `user_mode_only`.
+fn create(fallback: bool, user_mode_only: bool) -> Result<(OwnedFd, UffdOrigin), Error> {
     let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    if user_mode_only {
+        return userfaultfd_syscall(flags | UFFD_USER_MODE_ONLY)
+            .map(|fd| (fd, UffdOrigin::UserModeOnly))
+            .map_err(|source| Error::Userfaultfd {
+                advice: "UFFD_USER_MODE_ONLY refused (Linux 5.11+)",
+                source,
+            });
+    }
     match userfaultfd_syscall(flags) {
         Ok(fd) => Ok((fd, UffdOrigin::Syscall)),
         Err(first) if first.raw_os_error() == Some(libc::ENOSYS) => Err(Error::Userfaultfd {
@@ -240,7 +249,7 @@ impl Uffd {
     /// EOF fails in system calls too) where the kernel has them. With
     /// `sigbus`, faults raise SIGBUS in the faulting thread
     /// (`UFFD_FEATURE_SIGBUS`) and no message is ever queued.
-    pub(crate) fn open(fallback: bool, sigbus: bool) -> Result<Uffd, Error> {
+    pub(crate) fn open(fallback: bool, sigbus: bool, user_mode_only: bool) -> Result<Uffd, Error> {
         let mut required = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID;
         if sigbus {
             required |= FEATURE_SIGBUS;
@@ -248,9 +257,9 @@ impl Uffd {
         let optional = FEATURE_EXACT_ADDRESS | FEATURE_POISON;
         // UFFDIO_API may be called once per fd: ask one fd what the kernel
         // offers, then negotiate on a second.
-        let (fd, origin) = create(fallback)?;
+        let (fd, origin) = create(fallback, user_mode_only)?;
         let offered = Uffd::with(fd, origin, sigbus).negotiate(0)?;
-        let (fd, origin) = create(fallback)?;
+        let (fd, origin) = create(fallback, user_mode_only)?;
         let uffd = Uffd::with(fd, origin, sigbus);
         let features = uffd.negotiate(required | (offered & optional))?;
         if features & required != required {

@@ -28,21 +28,25 @@ pub struct Setup {
     pub guarded: bool,
     /// How mkwrite's faults are delivered.
     pub delivery: Delivery,
+    /// The userfaultfd is `UFFD_USER_MODE_ONLY`, as unprivileged processes get.
+    pub user_mode_only: bool,
 }
 
 impl Setup {
     /// The name a replay log gives this setup: the filesystem, `+poke` when
-    /// guarded, `+inthread` for in-thread delivery.
+    /// guarded, `+inthread` for in-thread delivery, `+usermode` for a
+    /// user-mode-only userfaultfd.
     pub fn label(&self) -> String {
         format!(
-            "{}{}{}",
+            "{}{}{}{}",
             self.fs,
             if self.guarded { "+poke" } else { "" },
             if self.delivery == Delivery::InThread {
                 "+inthread"
             } else {
                 ""
-            }
+            },
+            if self.user_mode_only { "+usermode" } else { "" }
         )
     }
 
@@ -60,6 +64,7 @@ impl Setup {
             kernel_keeps_tail,
             guarded: label.contains("+poke"),
             delivery,
+            user_mode_only: label.contains("+usermode"),
         }
     }
 }
@@ -200,11 +205,18 @@ impl<'a> Twin<'a> {
     fn open(&mut self) -> Result<(), String> {
         let mk = MappingOptions::new()
             .delivery(self.setup.delivery)
+            .userfaultfd_user_mode_only(self.setup.user_mode_only)
             .capacity(CAPACITY)
             .block_size(self.setup.block)
             .create(true)
             .open(&self.mk_path)
             .map_err(|e| format!("open mkwrite: {e}"))?;
+        if self.setup.user_mode_only && mk.userfaultfd_origin() != mkwrite::UffdOrigin::UserModeOnly {
+            return Err(format!(
+                "asked for user mode only, got {:?}",
+                mk.userfaultfd_origin()
+            ));
+        }
         self.page = mk.page_size();
         self.mk = Some(mk);
         let file = open_rw(&self.kernel_path).map_err(|e| format!("open twin: {e}"))?;
