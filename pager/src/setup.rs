@@ -69,7 +69,7 @@ pub struct Common {
     #[arg(long, value_enum, default_value = "file")]
     pub store: StoreKind,
     /// Keep the file on an NBD export instead (FILE is then unused):
-    /// nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH. A blank
+    /// `nbd://HOST[:PORT]/EXPORT` or `nbd+unix:///EXPORT?socket=PATH`. A blank
     /// export is initialised by the commands that create files.
     #[arg(long, value_name = "URI", conflicts_with = "store")]
     pub nbd: Option<String>,
