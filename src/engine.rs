@@ -59,6 +59,10 @@ pub(crate) struct Engine {
     pub flush_lock: Mutex<()>,
     pub counters: Counters,
     pub on_full: OnFull,
+    /// The budget the mapping counts against, if any.
+    pub budget: Option<Arc<crate::budget::Shared>>,
+    /// Where the eviction clock's hand is (taken after `flags`).
+    pub clock_hand: Mutex<u64>,
     /// Set (then the service's doorbell rung) when the service should look
     /// at this mapping: faults parked for space may retry, or a signal
     /// handler handed a fault over.
@@ -239,6 +243,23 @@ impl Engine {
 
     pub fn layout_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
         relock(self.layout.write())
+    }
+
+    /// The layout lock held exclusively, if nobody holds it now.
+    pub fn try_layout_exclusive(&self) -> Option<RwLockWriteGuard<'_, ()>> {
+        match self.layout.try_write() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Makes room in the mapping's budget, if it has one and is over it.
+    pub fn make_room(&self) -> Result<()> {
+        match &self.budget {
+            Some(budget) => budget.make_room(),
+            None => Ok(()),
+        }
     }
 
     pub fn flush_serial(&self) -> MutexGuard<'_, ()> {

@@ -21,6 +21,9 @@
 
 use std::ops::Range;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::bitmaps::Bitmaps;
 use crate::claims::Claims;
 use crate::geometry::{Geometry, intersect};
@@ -43,6 +46,8 @@ pub(crate) struct Flags {
     eof: u64,
     /// The bits, numbered by the constants below; memory only where set.
     bits: Bitmaps<MAPS>,
+    /// Resident bytes, counted into a budget's total (`budget.rs`).
+    meter: Option<Arc<AtomicU64>>,
     lost: Vec<Range<u64>>,
     /// Block ranges being allocated with the lock released (`claims.rs`).
     pub claims: Claims,
@@ -59,12 +64,14 @@ const LOCKED: usize = 4;
 const ALLOCATED: usize = 5;
 /// Per unit.
 const ZEROED: usize = 6;
-const MAPS: usize = 7;
+/// Per page: faulted in or written since the clock hand last passed.
+const REFERENCED: usize = 7;
+const MAPS: usize = 8;
 
 /// The length of each bitmap over `geo`.
 fn lens(geo: &Geometry) -> [u64; MAPS] {
     let pages = geo.pages();
-    [pages, pages, pages, pages, pages, geo.blocks(), units(geo)]
+    [pages, pages, pages, pages, pages, geo.blocks(), units(geo), pages]
 }
 
 impl Flags {
@@ -75,6 +82,7 @@ impl Flags {
             geo,
             eof,
             bits: Bitmaps::new(lens(&geo))?,
+            meter: None,
             lost: Vec::new(),
             claims: Claims::default(),
         };
@@ -87,7 +95,14 @@ impl Flags {
     /// These flags over the larger `geo` of a grown reservation: pages and
     /// blocks past the old capacity absent and unallocated; no poison marks
     /// (the new memory has none: an access past EOF poisons again).
-    pub fn regrown(&self, geo: Geometry) -> std::io::Result<Flags> {
+    /// Counts these flags' resident bytes into `meter` from now on.
+    pub fn metered(mut self, meter: Arc<AtomicU64>) -> Flags {
+        meter.fetch_add(self.resident_count() * self.geo.page, Ordering::SeqCst);
+        self.meter = Some(meter);
+        self
+    }
+
+    pub fn regrown(&mut self, geo: Geometry) -> std::io::Result<Flags> {
         debug_assert!(
             geo.capacity >= self.geo.capacity && geo.page == self.geo.page && geo.block == self.geo.block
         );
@@ -97,6 +112,8 @@ impl Flags {
             geo,
             eof: self.eof,
             bits,
+            // The resident pages move with the meter: nothing to count again.
+            meter: self.meter.take(),
             lost: self.lost.clone(),
             claims: Claims::default(),
         })
@@ -120,8 +137,47 @@ impl Flags {
     }
 
     fn set_residency(&mut self, page: u64, residency: Residency) {
-        self.bits.set(RESIDENT, page, residency != Residency::Absent);
+        let was = self.bits.get(RESIDENT, page);
+        let now = residency != Residency::Absent;
+        self.bits.set(RESIDENT, page, now);
         self.bits.set(WRITABLE, page, residency == Residency::Writable);
+        if now && (!was || residency == Residency::Writable) {
+            self.bits.set(REFERENCED, page, true);
+        }
+        if let (Some(meter), true) = (&self.meter, was != now) {
+            // Atomic adds only: the in-thread signal handler comes here too.
+            match now {
+                true => meter.fetch_add(self.geo.page, Ordering::SeqCst),
+                false => meter.fetch_sub(self.geo.page, Ordering::SeqCst),
+            };
+        }
+    }
+
+    /// Up to `want` resident pages to evict, found by a clock: from `*hand`
+    /// on (wrapping once), a referenced page loses its mark and is passed
+    /// over (a second chance), a locked one is passed over; the rest are
+    /// taken. `*hand` is left after the last page looked at.
+    pub fn clock_victims(&mut self, hand: &mut u64, want: usize) -> Vec<u64> {
+        let pages = self.geo.pages();
+        let start = (*hand).min(pages);
+        let resident: Vec<u64> = self
+            .bits
+            .ones(RESIDENT, start..pages)
+            .chain(self.bits.ones(RESIDENT, 0..start))
+            .collect();
+        let mut victims = Vec::new();
+        for page in resident {
+            *hand = page + 1;
+            if self.bits.get(REFERENCED, page) {
+                self.bits.set(REFERENCED, page, false);
+            } else if !self.is_locked(page) {
+                victims.push(page);
+                if victims.len() == want {
+                    break;
+                }
+            }
+        }
+        victims
     }
 
     pub fn is_dirty(&self, page: u64) -> bool {
@@ -367,6 +423,15 @@ impl Flags {
     }
 }
 
+impl Drop for Flags {
+    /// The mapping's memory goes with its flags: its pages leave the budget.
+    fn drop(&mut self) {
+        if let Some(meter) = &self.meter {
+            meter.fetch_sub(self.resident_count() * self.geo.page, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The granularity of the zeroed bits: a page's share of a block.
 fn unit(geo: &Geometry) -> u64 {
     geo.page.min(geo.block)
@@ -513,6 +578,34 @@ mod tests {
         assert!(g.poisoned_pages(0..64).is_empty(), "the new memory has no poison");
         assert_eq!(g.residency(63), Residency::Absent);
         g.check().unwrap();
+    }
+
+    #[test]
+    fn the_clock_gives_referenced_pages_a_second_chance_and_skips_locked_ones() {
+        let mut f = flags(4096, 64 * 1024);
+        f.mark_allocated(0..16);
+        for p in 0..8 {
+            f.filled_for_read(p); // referenced by the fill
+        }
+        f.set_locked(2..3, true);
+        let mut hand = 0;
+        assert!(
+            f.clock_victims(&mut hand, 4).is_empty(),
+            "first pass: every page referenced"
+        );
+        assert_eq!(hand, 8);
+        f.granted_write(5); // written since: referenced again
+        let victims = f.clock_victims(&mut hand, 4);
+        assert_eq!(victims, vec![0, 1, 3, 4], "2 is locked");
+        for p in victims {
+            f.dropped(p);
+        }
+        assert_eq!(
+            f.clock_victims(&mut hand, 4),
+            vec![6, 7],
+            "5 was written: a second chance"
+        );
+        assert_eq!(f.clock_victims(&mut hand, 4), vec![5, 6, 7], "its chance is used");
     }
 
     #[test]

@@ -41,29 +41,40 @@ impl Engine {
     /// Dirty pages found dropped from memory behind the mapping's back are
     /// reported once, as [`Error::Discarded`], after everything else is durable.
     pub fn flush(&self, pages: Range<u64>) -> Result<()> {
+        self.flush_runs(std::slice::from_ref(&pages))
+    }
+
+    /// [`flush`](Self::flush) of several runs of pages, with one sync.
+    pub fn flush_runs(&self, runs: &[Range<u64>]) -> Result<()> {
         let _layout = self.layout_shared();
         // One flush at a time: a page another flush has taken but not yet
         // synced must not let this one return early.
         let _serial = self.flush_serial();
         let mut taken: Vec<u64> = Vec::new();
         let mut written = 0u64;
-        let mut next = pages.start;
-        let result = loop {
-            let stage = {
-                let mut flags = self.lock_flags();
-                match self.take_dirty(&mut flags, next..pages.end) {
-                    Ok(Some(stage)) => stage,
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(e),
+        let mut result = Ok(());
+        for pages in runs {
+            let mut next = pages.start;
+            result = loop {
+                let stage = {
+                    let mut flags = self.lock_flags();
+                    match self.take_dirty(&mut flags, next..pages.end) {
+                        Ok(Some(stage)) => stage,
+                        Ok(None) => break Ok(()),
+                        Err(e) => break Err(e),
+                    }
+                };
+                next = stage.resume;
+                taken.extend_from_slice(&stage.pages);
+                if let Err(e) = self.write_stage(&stage) {
+                    break Err(e);
                 }
+                written += stage.data.len() as u64;
             };
-            next = stage.resume;
-            taken.extend_from_slice(&stage.pages);
-            if let Err(e) = self.write_stage(&stage) {
-                break Err(e);
+            if result.is_err() {
+                break;
             }
-            written += stage.data.len() as u64;
-        };
+        }
         let result = result.and_then(|()| Ok(self.counters.timed(Timer::StoreSync, || self.store.sync())?));
         if result.is_err() {
             // errseq-style loss is what this library exists to avoid: a failed

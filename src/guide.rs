@@ -124,6 +124,20 @@
 //! largest size the file may reach: the memory never moves, so pointers
 //! into it stay valid for the mapping's life.
 //!
+//! ## Files larger than memory: [`Budget`](crate::Budget)
+//!
+//! A mapping keeps every page it touched until it is evicted. Give it a
+//! [`Budget`](crate::Budget) ([`MappingOptions::budget`](crate::MappingOptions::budget),
+//! one per mapping or shared by a group) and mkwrite evicts past it: dirty
+//! pages are written back first (a failed write-back keeps them, and the
+//! next flush reports it), pages faulted in or written lately get a second
+//! chance, [locked](crate::Mapping::lock) pages stay. The thread that went
+//! over waits for the room (a fault, or a checked call on return), so
+//! memory stays within the budget plus about one fill (33 pages) per thread
+//! faulting at that moment. Pages made ready with
+//! [`populate`](crate::Mapping::populate) may be evicted like any other:
+//! lock them to keep them for a system call.
+//!
 //! ## What is not promised
 //!
 //! * **Crash atomicity**: a flush writes pages in order; a crash in the

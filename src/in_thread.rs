@@ -137,6 +137,9 @@ impl Engine {
         };
         self.counters.fault(access == Access::Write, write_protect);
         let calls = match self.store.signal_safe() {
+            // Over budget, the fault service evicts first (a signal handler
+            // may not write back), then resolves it.
+            Some(_) if self.budget.as_ref().is_some_and(|b| b.over()) => return false,
             Some(store) if !self.failed.load(Ordering::SeqCst) => StoreCalls::InSignal(store),
             _ => return false,
         };

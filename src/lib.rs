@@ -95,10 +95,12 @@
 
 mod ahead;
 mod bitmaps;
+mod budget;
 mod checked;
 mod claims;
 mod engine;
 mod error;
+mod evict;
 mod fence;
 mod flags;
 #[doc(hidden)]
@@ -129,6 +131,7 @@ mod sync;
 mod sys;
 
 pub use ahead::Advice;
+pub use budget::Budget;
 pub use error::{Error, PartialError, Result};
 pub use geometry::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
 pub use mapping::Mapping;

@@ -125,6 +125,7 @@ impl Mapping {
 
     pub(crate) fn new(store: Box<dyn Store>, opts: &MappingOptions) -> Result<Mapping> {
         let store: Box<dyn Store> = Box::new(crate::store::Unsynced::new(store));
+        let budget = opts.budget.as_ref().map(crate::Budget::shared);
         let block = check_block_size(store.block_size())?;
         let len = store.len();
         let capacity = opts.capacity.unwrap_or(len.max(DEFAULT_CAPACITY));
@@ -159,7 +160,12 @@ impl Mapping {
             service,
             store,
             geo,
-            flags: Mutex::new(Flags::new(geo, len, &allocated)?),
+            flags: Mutex::new(match &budget {
+                Some(b) => Flags::new(geo, len, &allocated)?.metered(b.meter()),
+                None => Flags::new(geo, len, &allocated)?,
+            }),
+            budget: budget.clone(),
+            clock_hand: Mutex::new(0),
             eof: AtomicU64::new(len),
             fences: Mutex::default(),
             owner: sys::process_id(),
@@ -178,6 +184,9 @@ impl Mapping {
             handoffs: Handoffs::default(),
             last_fault_error: Mutex::new(None),
         });
+        if let Some(budget) = &engine.budget {
+            budget.join(&engine);
+        }
         engine.service.attach(&engine);
         let mut map = Mapping {
             in_thread: None,
@@ -430,7 +439,9 @@ impl Mapping {
     /// [`Error::Io`] or [`Error::LengthChanged`].
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), PartialError> {
         self.usable_for_writing().map_err(PartialError::none)?;
-        self.engine.write(offset, data)
+        let written = self.engine.write(offset, data);
+        self.keep_budget();
+        written
     }
 
     /// Reads the mapping's bytes at `offset` into `buf`. Bytes past EOF
@@ -456,7 +467,19 @@ impl Mapping {
     /// [`Error::Io`] or [`Error::LengthChanged`].
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), PartialError> {
         self.usable().map_err(PartialError::none)?;
-        self.engine.read(offset, buf)
+        let read = self.engine.read(offset, buf);
+        self.keep_budget();
+        read
+    }
+
+    /// After a checked call brought pages in: evicts if the budget is
+    /// exceeded. A write-back that fails leaves its pages dirty and
+    /// resident, and the next flush reports it; the call itself succeeded.
+    fn keep_budget(&self) {
+        if let Err(e) = self.engine.make_room() {
+            self.engine
+                .record_fault_error(format!("evicting for the budget: {e}"));
+        }
     }
 
     /// Makes the pages under `[offset, offset + len)` resident now, as the

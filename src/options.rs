@@ -281,6 +281,7 @@ pub struct MappingOptions {
     pub(crate) offset: u64,
     pub(crate) len: Option<u64>,
     pub(crate) delivery: Delivery,
+    pub(crate) budget: Option<crate::Budget>,
 }
 
 impl Default for MappingOptions {
@@ -296,6 +297,7 @@ impl Default for MappingOptions {
             offset: 0,
             len: None,
             delivery: Delivery::default(),
+            budget: None,
         }
     }
 }
@@ -432,6 +434,22 @@ impl MappingOptions {
     #[doc(hidden)]
     pub fn userfaultfd_user_mode_only(&mut self, yes: bool) -> &mut Self {
         self.uffd_user_mode_only = yes;
+        self
+    }
+
+    /// Keep this mapping's resident pages within `budget` (shared with every
+    /// other mapping given a clone of it): past it, pages are evicted, dirty
+    /// ones written back first. See [`Budget`](crate::Budget).
+    ///
+    /// ```
+    /// use mkwrite::{Budget, MappingOptions, MemStore};
+    /// let budget = Budget::new(16 << 20);
+    /// let a = MappingOptions::new().budget(&budget).map_store(MemStore::new(4096, 16)?)?;
+    /// let b = MappingOptions::new().budget(&budget).map_store(MemStore::new(4096, 16)?)?;
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
+    pub fn budget(&mut self, budget: &crate::Budget) -> &mut Self {
+        self.budget = Some(budget.clone());
         self
     }
 

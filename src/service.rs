@@ -243,6 +243,11 @@ impl Service {
         }
         let served = catch_unwind(AssertUnwindSafe(|| {
             work(engine, &mut waiting);
+            // Over its budget, the mapping evicts before this worker serves
+            // on: faulting threads wait for room as they wait for the fault.
+            if let Err(e) = engine.make_room() {
+                engine.record_fault_error(format!("evicting for the budget: {e}"));
+            }
             handler::tick(engine, &mut waiting)
         }));
         let next = served.unwrap_or_else(|_| {

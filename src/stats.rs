@@ -86,6 +86,8 @@ pub struct Stats {
     /// Store allocations started while another fault's was in flight: faults
     /// allocating in parallel (the flags lock is not held across them).
     pub allocations_overlapped: u64,
+    /// Pages dropped to keep a [`Budget`](crate::Budget) (written back first if dirty).
+    pub pages_evicted: u64,
 }
 
 /// What a timed section was doing, for [`Counters::timed`].
@@ -117,6 +119,7 @@ pub(crate) struct Counters {
     allocate_calls: AtomicU64,
     in_thread: AtomicU64,
     handed_off: AtomicU64,
+    evicted: AtomicU64,
     overlapped: AtomicU64,
     /// Nanoseconds per [`Timer`], in its order.
     timers: [AtomicU64; 5],
@@ -142,6 +145,10 @@ impl Counters {
 
     pub fn overlapped_allocation(&self) {
         bump(&self.overlapped, 1);
+    }
+
+    pub fn evicted(&self, pages: u64) {
+        bump(&self.evicted, pages);
     }
 
     pub fn handed_off(&self) {
@@ -221,6 +228,7 @@ impl Counters {
         stats.allocate_calls = get(&self.allocate_calls);
         stats.faults_in_thread = get(&self.in_thread);
         stats.faults_handed_off = get(&self.handed_off);
+        stats.pages_evicted = get(&self.evicted);
         stats.allocations_overlapped = get(&self.overlapped);
         let time = |t: Timer| Duration::from_nanos(get(&self.timers[t as usize]));
         stats.store_read_time = time(Timer::StoreRead);

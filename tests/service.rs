@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
 use common::bounded::{Case, End, Setup, dir};
-use common::{pattern, read_file};
+use common::{pattern, read_file, rss_anon};
 use mkwrite::{Advice, Delivery, FileStore, Mapping, MappingOptions, MemStore, Store};
 
 const PAGE: usize = 4096;
@@ -223,13 +223,6 @@ fn ten_thousand_mappings_work_at_once() {
             "file {i}: the byte past the new EOF is gone"
         );
     }
-}
-
-/// The process's anonymous resident memory (`RssAnon`), in bytes.
-fn rss_anon() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find_map(|l| l.strip_prefix("RssAnon:")).unwrap();
-    line.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
 }
 
 /// 1,000 open, idle mappings at the default capacity (1 GiB each: 262,144

@@ -192,3 +192,10 @@ pub fn page_size() -> u64 {
     // SAFETY: sysconf reads a constant of the system; it has no preconditions.
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
 }
+
+/// The process's anonymous resident memory (`RssAnon`), in bytes.
+pub fn rss_anon() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix("RssAnon:")).unwrap();
+    line.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+}
