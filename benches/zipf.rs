@@ -68,13 +68,19 @@ fn main() {
     println!("| policy | hit ratio | how |");
     println!("| --- | ---: | --- |");
     let mk = mkwrite_hits(&path, &trace, budget_pages);
-    println!("| mkwrite, second-chance clock on faults | {:.3} | measured |", mk);
+    println!(
+        "| mkwrite: clock on faults, pages faulting back soon after eviction kept longer | {:.3} | measured |",
+        mk
+    );
     match kernel_hits(&path, size) {
         Ok(k) => println!("| kernel page cache, cgroup memory limit | {k:.3} | measured |"),
         Err(why) => println!("| kernel page cache, cgroup memory limit | n/a | {why} |"),
     }
     println!("| FIFO | {:.3} | simulated |", fifo(&trace, budget_pages));
-    println!("| CLOCK seeing every access | {:.3} | simulated |", clock(&trace, budget_pages));
+    println!(
+        "| CLOCK seeing every access | {:.3} | simulated |",
+        clock(&trace, budget_pages)
+    );
     println!("| LRU | {:.3} | simulated |", lru(&trace, budget_pages));
 }
 
@@ -179,7 +185,10 @@ fn kernel_hits(path: &Path, size: &Size) -> Result<f64, String> {
     let out = cmd.output().map_err(|e| e.to_string())?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(format!("child failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "child failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     stdout
         .trim()
@@ -200,9 +209,14 @@ impl Cgroup {
     fn join() -> Result<Cgroup, String> {
         let name = format!("mkwrite-zipf-{}", std::process::id());
         let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
-        let with_memory_v2 = std::fs::read_to_string(v2).is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+        let with_memory_v2 =
+            std::fs::read_to_string(v2).is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
         let (dir, limit, usage) = if with_memory_v2 {
-            (Path::new("/sys/fs/cgroup").join(name), "memory.max", "memory.current")
+            (
+                Path::new("/sys/fs/cgroup").join(name),
+                "memory.max",
+                "memory.current",
+            )
         } else {
             (
                 Path::new("/sys/fs/cgroup/memory").join(name),
@@ -256,7 +270,16 @@ fn kernel_child(path: &Path, size: &Size) {
     let file = File::open(path).unwrap();
     let len = size.pages * PAGE;
     // SAFETY: a fresh shared read-only mapping of a file nobody truncates.
-    let base = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
     assert_ne!(base, libc::MAP_FAILED);
     // SAFETY: advising our own mapping.
     unsafe { libc::madvise(base, len, libc::MADV_RANDOM) };

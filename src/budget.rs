@@ -101,6 +101,11 @@ impl Shared {
         members.push(Arc::downgrade(engine));
     }
 
+    /// The limit in pages of `page` bytes.
+    pub fn limit_pages(&self, page: u64) -> usize {
+        (self.limit / page) as usize
+    }
+
     /// Whether the members hold more than the limit. Async-signal-safe.
     pub fn over(&self) -> bool {
         self.resident.load(Ordering::SeqCst) > self.limit

@@ -63,6 +63,8 @@ pub(crate) struct Engine {
     pub budget: Option<Arc<crate::budget::Shared>>,
     /// Where the eviction clock's hand is (taken after `flags`).
     pub clock_hand: Mutex<u64>,
+    /// The pages evicted lately, oldest first (taken after `flags`).
+    pub ghosts: Mutex<std::collections::VecDeque<u64>>,
     /// Set (then the service's doorbell rung) when the service should look
     /// at this mapping: faults parked for space may retry, or a signal
     /// handler handed a fault over.

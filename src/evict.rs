@@ -42,6 +42,19 @@ impl Engine {
             .collect();
         self.discard(&mut flags, &gone)?;
         self.counters.evicted(gone.len() as u64);
+        // Remember about a budget's worth of the latest victims: one that
+        // faults back while remembered was in use after all.
+        let mut ghosts = crate::engine::relock(self.ghosts.lock());
+        let remember = self.budget.as_ref().map_or(0, |b| b.limit_pages(self.geo.page));
+        for &p in &gone {
+            flags.evicted(p);
+            ghosts.push_back(p);
+        }
+        while ghosts.len() > remember {
+            if let Some(p) = ghosts.pop_front() {
+                flags.forget_evicted(p);
+            }
+        }
         Ok(gone.len())
     }
 }

@@ -66,12 +66,28 @@ const ALLOCATED: usize = 5;
 const ZEROED: usize = 6;
 /// Per page: faulted in or written since the clock hand last passed.
 const REFERENCED: usize = 7;
-const MAPS: usize = 8;
+/// Per page: evicted lately, and not back since (the eviction's memory).
+const GHOST: usize = 8;
+/// Per page: came back soon after it was evicted: a page in use that a
+/// fault-only view missed; the clock passes over it once more.
+const HOT: usize = 9;
+const MAPS: usize = 10;
 
 /// The length of each bitmap over `geo`.
 fn lens(geo: &Geometry) -> [u64; MAPS] {
     let pages = geo.pages();
-    [pages, pages, pages, pages, pages, geo.blocks(), units(geo), pages]
+    [
+        pages,
+        pages,
+        pages,
+        pages,
+        pages,
+        geo.blocks(),
+        units(geo),
+        pages,
+        pages,
+        pages,
+    ]
 }
 
 impl Flags {
@@ -144,6 +160,10 @@ impl Flags {
         if now && (!was || residency == Residency::Writable) {
             self.bits.set(REFERENCED, page, true);
         }
+        if now && !was && self.bits.get(GHOST, page) {
+            self.bits.set(GHOST, page, false);
+            self.bits.set(HOT, page, true);
+        }
         if let (Some(meter), true) = (&self.meter, was != now) {
             // Atomic adds only: the in-thread signal handler comes here too.
             match now {
@@ -151,6 +171,16 @@ impl Flags {
                 false => meter.fetch_sub(self.geo.page, Ordering::SeqCst),
             };
         }
+    }
+
+    /// Remembers that `page` was evicted (until [`forget_evicted`](Self::forget_evicted)):
+    /// if it faults back meanwhile, it is hot.
+    pub fn evicted(&mut self, page: u64) {
+        self.bits.set(GHOST, page, true);
+    }
+
+    pub fn forget_evicted(&mut self, page: u64) {
+        self.bits.set(GHOST, page, false);
     }
 
     /// Up to `want` resident pages to evict, found by a clock: from `*hand`
@@ -170,6 +200,11 @@ impl Flags {
             *hand = page + 1;
             if self.bits.get(REFERENCED, page) {
                 self.bits.set(REFERENCED, page, false);
+            } else if self.bits.get(HOT, page) {
+                // Hot pages keep being passed over while hot: each turn of
+                // the clock cools them by one mark.
+                self.bits.set(HOT, page, false);
+                self.bits.set(REFERENCED, page, true);
             } else if !self.is_locked(page) {
                 victims.push(page);
                 if victims.len() == want {
@@ -606,6 +641,35 @@ mod tests {
             "5 was written: a second chance"
         );
         assert_eq!(f.clock_victims(&mut hand, 4), vec![5, 6, 7], "its chance is used");
+    }
+
+    #[test]
+    fn a_page_faulting_back_soon_after_eviction_is_passed_over_longer() {
+        let mut f = flags(4096, 64 * 1024);
+        f.mark_allocated(0..16);
+        f.filled_for_read(0);
+        f.filled_for_read(1);
+        f.evicted(1); // as eviction marks it...
+        f.dropped(1);
+        f.filled_for_read(1); // ...and it came back: hot
+        let mut hand = 0;
+        assert!(
+            f.clock_victims(&mut hand, 2).is_empty(),
+            "both referenced by their fill"
+        );
+        assert_eq!(f.clock_victims(&mut hand, 2), vec![0], "1 is hot");
+        assert_eq!(f.clock_victims(&mut hand, 2), vec![0], "1 cooled by one mark");
+        assert_eq!(f.clock_victims(&mut hand, 2), vec![0, 1], "and now it may go");
+        let mut g = flags(4096, 64 * 1024);
+        g.evicted(3);
+        g.forget_evicted(3);
+        g.filled_for_read(3);
+        assert!(g.clock_victims(&mut hand, 1).is_empty(), "referenced by its fill");
+        assert_eq!(
+            g.clock_victims(&mut hand, 1),
+            vec![3],
+            "forgotten: an ordinary page"
+        );
     }
 
     #[test]

@@ -166,6 +166,7 @@ impl Mapping {
             }),
             budget: budget.clone(),
             clock_hand: Mutex::new(0),
+            ghosts: Mutex::default(),
             eof: AtomicU64::new(len),
             fences: Mutex::default(),
             owner: sys::process_id(),
