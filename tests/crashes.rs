@@ -1,6 +1,7 @@
 //! Crashes: a child process writes and flushes a random workload (a third
 //! of its flushes only started, with `flush_async`) and is killed with
-//! SIGKILL at a random moment. The file it leaves must hold, in
+//! SIGKILL at a random moment (every other child resolves faults in-thread,
+//! every third evicts within a budget of 16 pages). The file it leaves must hold, in
 //! every byte, its value at the last completed flush or a value written to it
 //! later (never pollution from past EOF, never anything else), at a length
 //! the file had; and mkwrite must reopen it.
@@ -21,7 +22,7 @@ use std::time::Instant;
 use common::{BLOCK_SIZES, Mount};
 use fsx::crash::{Acceptable, Campaign};
 use fsx::ops::{CAPACITY, Generator, Op, clip, data};
-use mkwrite::{Delivery, Mapping, MappingOptions};
+use mkwrite::{Budget, Delivery, Mapping, MappingOptions};
 
 const CHILD: &str = "MKWRITE_CRASH_CHILD";
 const OPS: usize = 400;
@@ -30,7 +31,8 @@ const SLICE_KILLS: u64 = 50;
 fn main() {
     if let Ok(spec) = std::env::var(CHILD) {
         let mut words = spec.split_whitespace();
-        let (path, seed, block, delivery) = (
+        let (path, seed, block, delivery, budget) = (
+            words.next().unwrap(),
             words.next().unwrap(),
             words.next().unwrap(),
             words.next().unwrap(),
@@ -40,11 +42,14 @@ fn main() {
             "in-thread" => Delivery::InThread,
             _ => Delivery::HandlerThread,
         };
+        // A budget of 16 pages: eviction writes back all along.
+        let budget = (budget == "budget").then(|| Budget::new(16 * common::page_size()));
         child(
             Path::new(path),
             seed.parse().unwrap(),
             block.parse().unwrap(),
             delivery,
+            budget.as_ref(),
         );
         return;
     }
@@ -70,19 +75,19 @@ fn workload(seed: u64, block: u64) -> Vec<Op> {
 
 /// The child: runs the workload, saying on stdout which op it starts and
 /// which flushes completed.
-fn child(path: &Path, seed: u64, block: u64, delivery: Delivery) {
+fn child(path: &Path, seed: u64, block: u64, delivery: Delivery, budget: Option<&Budget>) {
     let mut out = std::io::stdout().lock();
     let mut say = |line: String| {
         writeln!(out, "{line}").unwrap();
         out.flush().unwrap();
     };
     let open = || {
-        MappingOptions::new()
-            .delivery(delivery)
-            .capacity(CAPACITY)
-            .block_size(block)
-            .open(path)
-            .unwrap()
+        let mut options = MappingOptions::new();
+        options.delivery(delivery).capacity(CAPACITY).block_size(block);
+        if let Some(budget) = budget {
+            options.budget(budget);
+        }
+        options.open(path).unwrap()
     };
     let mut map = open();
     let page = map.page_size();
@@ -182,8 +187,13 @@ fn crash_campaign(seed: u64, kills: u64) {
         } else {
             "handler-thread"
         };
+        // Every third child keeps its pages within a small budget.
+        let budget = if run % 3 == 2 { "budget" } else { "unlimited" };
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .env(CHILD, format!("{} {run_seed} {block} {delivery}", path.display()))
+            .env(
+                CHILD,
+                format!("{} {run_seed} {block} {delivery} {budget}", path.display()),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

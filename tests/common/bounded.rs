@@ -13,6 +13,8 @@ use super::Mount;
 const CHILD: &str = "MKWRITE_BOUNDED_CHILD";
 const DIR: &str = "MKWRITE_BOUNDED_DIR";
 const LIMIT: Duration = Duration::from_secs(30);
+/// Set, passing cases print their child's stdout too (what they measured).
+const SHOW: &str = "MKWRITE_SHOW_OUTPUT";
 
 /// How a case's child must end.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,7 +56,13 @@ pub fn run_cases(cases: &[Case]) {
         }
         ran += 1;
         match run_bounded(name, end, setup) {
-            Ok(()) => println!("test {name} ... ok"),
+            Ok(stdout) => {
+                println!("test {name} ... ok");
+                // What a passing case measured, when asked for.
+                if std::env::var_os(SHOW).is_some() {
+                    print!("{stdout}");
+                }
+            }
             Err(why) => {
                 println!("test {name} ... FAILED\n{why}");
                 failed += 1;
@@ -65,8 +73,8 @@ pub fn run_cases(cases: &[Case]) {
     std::process::exit(if failed == 0 { 0 } else { 1 });
 }
 
-/// Runs one case in a child, killed after [`LIMIT`].
-fn run_bounded(name: &str, end: End, setup: Setup) -> Result<(), String> {
+/// Runs one case in a child, killed after [`LIMIT`]; returns its stdout.
+fn run_bounded(name: &str, end: End, setup: Setup) -> Result<String, String> {
     let mount = (setup == Setup::Tmpfs).then(|| Mount::tmpfs(64 << 20));
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.env(CHILD, name).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -96,7 +104,7 @@ fn run_bounded(name: &str, end: End, setup: Setup) -> Result<(), String> {
         _ => unreachable!("a child either exits or is killed"),
     };
     if got == end {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!(
             "expected {end:?}, got {got:?}\nstdout: {}\nstderr: {}",
