@@ -42,19 +42,32 @@ fn differential_at(
     seed: u64,
     ops: u64,
 ) -> Tally {
-    differential_in(fs, blocks, guarded, delivery, false, seed, ops)
+    differential_in(fs, blocks, guarded, delivery, Variant::default(), seed, ops)
 }
 
-/// [`differential_at`], over a `UFFD_USER_MODE_ONLY` userfaultfd if `user_mode_only`.
+/// What else a campaign's mappings differ in.
+#[derive(Default, Clone, Copy)]
+struct Variant {
+    /// Over a `UFFD_USER_MODE_ONLY` userfaultfd.
+    user_mode_only: bool,
+    /// Within a budget of a few pages, evicting all along.
+    budget: bool,
+}
+
+/// [`differential_at`], with `variant`.
 fn differential_in(
     fs: &'static str,
     blocks: &[u64],
     guarded: bool,
     delivery: Delivery,
-    user_mode_only: bool,
+    variant: Variant,
     seed: u64,
     ops: u64,
 ) -> Tally {
+    let Variant {
+        user_mode_only,
+        budget,
+    } = variant;
     let mount = mount(fs);
     let keeps_tail = kernel_keeps_tail(mount.dir.path());
     let mut total = Tally::default();
@@ -67,11 +80,12 @@ fn differential_in(
             guarded,
             delivery,
             user_mode_only,
+            budget_pages: budget.then_some(fsx::twin::BUDGET_PAGES),
         };
         total += campaign(&setup, seed, ops);
     }
     println!(
-        "{fs}{}{}{}: {} ops, {} reads and {} file pairs compared; kernel keeps a polluted tail: {keeps_tail} \
+        "{fs}{}{}{}{}: {} ops, {} reads and {} file pairs compared; kernel keeps a polluted tail: {keeps_tail} \
          ({} bytes judged by the shadow alone)",
         if guarded { " through poke/peek" } else { "" },
         if delivery == Delivery::InThread {
@@ -84,6 +98,7 @@ fn differential_in(
         } else {
             ""
         },
+        if budget { ", evicting within a budget" } else { "" },
         total.ops,
         total.reads,
         total.file_compares,
@@ -92,6 +107,13 @@ fn differential_in(
     assert!(total.ops >= ops * blocks.len() as u64);
     if delivery == Delivery::InThread {
         assert!(total.faults_in_thread > 0, "no fault was resolved in-thread");
+    }
+    if budget {
+        assert!(
+            total.pages_evicted > 1000,
+            "{} pages evicted",
+            total.pages_evicted
+        );
     }
     total
 }
@@ -170,7 +192,34 @@ fn ext4_1k_user_mode_only_agrees_with_the_kernel() {
             &[512, 1024, 4096],
             false,
             delivery,
-            true,
+            Variant {
+                user_mode_only: true,
+                budget: false,
+            },
+            SLICE_SEED ^ seed,
+            SLICE_OPS,
+        );
+    }
+}
+
+/// Eviction against the kernel: mkwrite keeps 8 pages of a 1 MiB range in
+/// memory, writing dirty pages back and refilling them all along, in both
+/// deliveries, plain loads and stores included.
+#[test]
+fn ext4_1k_within_a_budget_agrees_with_the_kernel() {
+    for (delivery, guarded, seed) in [
+        (Delivery::HandlerThread, false, 0x6275),
+        (Delivery::InThread, true, 0x627564),
+    ] {
+        differential_in(
+            "ext4-1k",
+            &[512, 1024, 4096],
+            guarded,
+            delivery,
+            Variant {
+                user_mode_only: false,
+                budget: true,
+            },
             SLICE_SEED ^ seed,
             SLICE_OPS,
         );

@@ -30,15 +30,21 @@ pub struct Setup {
     pub delivery: Delivery,
     /// The userfaultfd is `UFFD_USER_MODE_ONLY`, as unprivileged processes get.
     pub user_mode_only: bool,
+    /// mkwrite keeps its pages within a budget of this many pages.
+    pub budget_pages: Option<u64>,
 }
+
+/// The budget of a `+budget` setup, in pages: small against the ops' range,
+/// so eviction (and its write-backs) runs all along.
+pub const BUDGET_PAGES: u64 = 8;
 
 impl Setup {
     /// The name a replay log gives this setup: the filesystem, `+poke` when
     /// guarded, `+inthread` for in-thread delivery, `+usermode` for a
-    /// user-mode-only userfaultfd.
+    /// user-mode-only userfaultfd, `+budget` for a budget.
     pub fn label(&self) -> String {
         format!(
-            "{}{}{}{}",
+            "{}{}{}{}{}",
             self.fs,
             if self.guarded { "+poke" } else { "" },
             if self.delivery == Delivery::InThread {
@@ -46,7 +52,12 @@ impl Setup {
             } else {
                 ""
             },
-            if self.user_mode_only { "+usermode" } else { "" }
+            if self.user_mode_only { "+usermode" } else { "" },
+            if self.budget_pages.is_some() {
+                "+budget"
+            } else {
+                ""
+            }
         )
     }
 
@@ -65,6 +76,7 @@ impl Setup {
             guarded: label.contains("+poke"),
             delivery,
             user_mode_only: label.contains("+usermode"),
+            budget_pages: label.contains("+budget").then_some(BUDGET_PAGES),
         }
     }
 }
@@ -86,6 +98,8 @@ pub struct Tally {
     pub kernel_unjudged: u64,
     /// Faults mkwrite resolved in the faulting thread.
     pub faults_in_thread: u64,
+    /// Pages mkwrite evicted for a budget.
+    pub pages_evicted: u64,
 }
 
 impl std::ops::AddAssign for Tally {
@@ -95,6 +109,7 @@ impl std::ops::AddAssign for Tally {
         self.file_compares += other.file_compares;
         self.kernel_unjudged += other.kernel_unjudged;
         self.faults_in_thread += other.faults_in_thread;
+        self.pages_evicted += other.pages_evicted;
     }
 }
 
@@ -203,12 +218,17 @@ impl<'a> Twin<'a> {
     }
 
     fn open(&mut self) -> Result<(), String> {
-        let mk = MappingOptions::new()
+        let mut options = MappingOptions::new();
+        options
             .delivery(self.setup.delivery)
             .userfaultfd_user_mode_only(self.setup.user_mode_only)
             .capacity(CAPACITY)
             .block_size(self.setup.block)
-            .create(true)
+            .create(true);
+        if let Some(pages) = self.setup.budget_pages {
+            options.budget(&mkwrite::Budget::new(pages * 4096));
+        }
+        let mk = options
             .open(&self.mk_path)
             .map_err(|e| format!("open mkwrite: {e}"))?;
         if self.setup.user_mode_only && mk.userfaultfd_origin() != mkwrite::UffdOrigin::UserModeOnly {
@@ -317,6 +337,7 @@ impl<'a> Twin<'a> {
             Op::Reopen => {
                 let mk = self.mk.take().expect("open between ops");
                 self.tally.faults_in_thread += mk.stats().faults_in_thread;
+                self.tally.pages_evicted += mk.stats().pages_evicted;
                 mk.close().map_err(failed("close"))?;
                 self.kernel = None;
                 self.open()?;
