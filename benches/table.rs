@@ -10,6 +10,10 @@
 //! As root it creates and removes an ext4 (4 KiB blocks) loop mount and a
 //! tmpfs; otherwise it uses a temporary directory, and says so.
 //!
+//! Workload 11 runs fio's mmap engine through `libmkwrite_preload.so`
+//! (built here with `cargo build --release -p mkwrite-preload`) and through
+//! the kernel; without fio those rows are skipped, and it says so.
+//!
 //! On ext4 (or the temporary directory) it also runs the first-write and
 //! flush workloads through mkwrite over an `NbdStore`, served by nbdkit's
 //! file plugin from an image on that filesystem over TCP on 127.0.0.1,
@@ -98,8 +102,18 @@ fn main() {
         println!("not root: a temporary directory only (no ext4 loop mount, no tmpfs)");
         vec![("tempdir", Dir::Temp(tempfile::tempdir().expect("tempdir")))]
     };
+    let fio = match workloads::fio::fio_missing() {
+        None => Some(workloads::fio::preload_lib()),
+        Some(why) => {
+            println!("fio rows skipped: {why}");
+            None
+        }
+    };
     for (fs, dir) in &mounts {
         rows.extend(suite(dir.path(), fs, size));
+        if let Some(lib) = &fio {
+            rows.extend(fio_rows(dir.path(), fs, size, lib));
+        }
         if *fs != "tmpfs" {
             match nbdkit_missing() {
                 None => rows.extend(nbd_suite(dir.path(), fs, size)),
@@ -274,6 +288,22 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
         rows.extend(many_mappings_rows(dir, fs, size));
     }
     rows
+}
+
+/// Workload 11: fio's mmap engine, unmodified, through the interposer and
+/// through the kernel.
+fn fio_rows(dir: &Path, fs: &'static str, size: &Size, lib: &Path) -> Vec<Row> {
+    [false, true]
+        .into_iter()
+        .map(|random| {
+            let run = |preload| workloads::fio::fio_write(dir, preload, size.pages, random);
+            let name = format!(
+                "11. fio --ioengine=mmap {}, via LD_PRELOAD",
+                if random { "randwrite" } else { "write" }
+            );
+            measure(name, fs, size.reps, &mut || run(Some(lib)), &mut || run(None))
+        })
+        .collect()
 }
 
 /// Picks one phase of workload 10's run.

@@ -218,6 +218,39 @@ impl From<io::Error> for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The `errno` value a C caller should see for this error: `ENOSPC`,
+    /// `EDQUOT`, the operating system's own code where there is one,
+    /// `EINVAL` for bad input, `EIO` for the rest. The C interface and the
+    /// interposer both report errors this way.
+    ///
+    /// ```
+    /// use mkwrite::{MappingOptions, MemStore};
+    /// let map = MappingOptions::new().capacity(4096).map_store(MemStore::new(4096, 1)?)?;
+    /// let err = map.set_len(1 << 20).unwrap_err(); // beyond the capacity
+    /// assert_eq!(err.errno(), libc::EINVAL);
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::NoSpace(_) => libc::ENOSPC,
+            Error::Quota(_) => libc::EDQUOT,
+            Error::OutOfRange { .. }
+            | Error::InvalidBlockSize(_)
+            | Error::CapacityBelowLength { .. }
+            | Error::BeyondCapacity { .. } => libc::EINVAL,
+            Error::CapacityUnavailable { .. } => libc::ENOMEM,
+            Error::Open { source, .. } | Error::Userfaultfd { source, .. } => {
+                source.raw_os_error().unwrap_or(libc::EIO)
+            }
+            Error::ReadOnly { .. } => libc::EACCES,
+            Error::ReadOnlyMapping => libc::EBADF,
+            Error::MissingFeature(_) => libc::ENOTSUP,
+            Error::Forked { .. } => libc::EPERM,
+            Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            _ => libc::EIO,
+        }
+    }
+
     /// Classifies a store's allocation error: `ENOSPC` and `EDQUOT` get
     /// their own variants (as do [`io::ErrorKind::StorageFull`] and
     /// [`QuotaExceeded`](io::ErrorKind::QuotaExceeded)); anything else is

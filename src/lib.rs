@@ -130,6 +130,11 @@ mod sync;
 #[allow(unsafe_code)]
 mod sys;
 
+/// The start of the name of every thread mkwrite starts (its fault
+/// workers, background flushes): their system calls are all mkwrite's own,
+/// which an interposer can tell by it.
+pub const THREAD_PREFIX: &str = "mkwrite-";
+
 pub use ahead::Advice;
 pub use budget::Budget;
 pub use error::{Error, PartialError, Result};

@@ -760,7 +760,7 @@ impl Mapping {
     fn start_flush(&self, pages: std::ops::Range<u64>) -> Result<()> {
         let engine = Arc::clone(&self.engine);
         let handle = std::thread::Builder::new()
-            .name("mkwrite-flush".into())
+            .name(format!("{}flush", crate::THREAD_PREFIX))
             .spawn(move || {
                 // Failed pages stay dirty for the flush that waits on this one.
                 let _ = engine.flush(pages);

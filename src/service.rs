@@ -164,7 +164,7 @@ impl Service {
         self.idle.fetch_add(1, Ordering::SeqCst);
         let service = Arc::clone(self);
         let spawned = thread::Builder::new()
-            .name("mkwrite-faults".into())
+            .name(format!("{}faults", crate::THREAD_PREFIX))
             .spawn(move || service.work());
         if spawned.is_err() {
             self.workers.fetch_sub(1, Ordering::SeqCst);

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each bench binary uses its part
 
+pub mod fio;
+
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;

@@ -60,35 +60,13 @@ fn set_message(message: String) {
     LAST_ERROR.with(|last| *last.borrow_mut() = message);
 }
 
-/// The `errno` value a C caller sees for `error`.
-fn errno_of(error: &Error) -> c_int {
-    match error {
-        Error::NoSpace(_) => libc::ENOSPC,
-        Error::Quota(_) => libc::EDQUOT,
-        Error::OutOfRange { .. }
-        | Error::InvalidBlockSize(_)
-        | Error::CapacityBelowLength { .. }
-        | Error::BeyondCapacity { .. } => libc::EINVAL,
-        Error::CapacityUnavailable { .. } => libc::ENOMEM,
-        Error::Open { source, .. } | Error::Userfaultfd { source, .. } => {
-            source.raw_os_error().unwrap_or(libc::EIO)
-        }
-        Error::ReadOnly { .. } => libc::EACCES,
-        Error::ReadOnlyMapping => libc::EBADF,
-        Error::MissingFeature(_) => libc::ENOTSUP,
-        Error::Forked { .. } => libc::EPERM,
-        Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
-        _ => libc::EIO,
-    }
-}
-
 /// Runs `call`, turning its error or a panic into an errno and a message.
 fn run(call: impl FnOnce() -> Result<(), Error>) -> c_int {
     match catch_unwind(AssertUnwindSafe(call)) {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
             set_message(e.to_string());
-            errno_of(&e)
+            e.errno()
         }
         Err(_) => {
             set_message("mkwrite panicked (a bug): the call failed".into());
@@ -107,7 +85,7 @@ fn run_partial(
         Ok(Ok(())) => (len, 0),
         Ok(Err(e)) => {
             set_message(e.to_string());
-            (e.done, errno_of(&e.error))
+            (e.done, e.error.errno())
         }
         Err(_) => {
             set_message("mkwrite panicked (a bug): the call failed".into());
