@@ -8,7 +8,7 @@ use libc::{iovec, loff_t, mode_t, off_t, size_t, ssize_t};
 use mkwrite::Mapping;
 
 use crate::route::{self, buffers, managed, one, shielded, ssize, status};
-use crate::table::{busy, inside, key_of_fd, with_table};
+use crate::table::{busy, key_of_fd, with_table};
 use crate::{marks, real, say, set_errno};
 
 // ---- reads and writes ------------------------------------------------------
@@ -167,7 +167,7 @@ pub unsafe extern "C" fn ftruncate64(fd: c_int, len: off_t) -> c_int {
     match managed(fd) {
         Some(map) => status(shielded(|| {
             route::writable(fd, libc::EINVAL)?;
-            map.set_len(offset(len)?).map_err(|e| e.errno())
+            map.set_len(offset(len)?).map_err(route::length_error)
         })),
         // SAFETY: the program's own call, passed on unchanged.
         None => unsafe { real::ftruncate64(fd, len) },
@@ -190,7 +190,9 @@ fn managed_path(dir: c_int, path: *const c_char) -> Option<std::sync::Arc<Mappin
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn truncate64(path: *const c_char, len: off_t) -> c_int {
     match managed_path(libc::AT_FDCWD, path) {
-        Some(map) => status(shielded(|| map.set_len(offset(len)?).map_err(|e| e.errno()))),
+        Some(map) => status(shielded(|| {
+            map.set_len(offset(len)?).map_err(route::length_error)
+        })),
         // SAFETY: the program's own call, passed on unchanged.
         None => unsafe { real::truncate64(path, len) },
     }
@@ -207,7 +209,7 @@ fn allocate(map: &Mapping, mode: c_int, off: off_t, len: off_t) -> Result<(), c_
     let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
     let reserve = |map: &Mapping| {
         if !keep_size && end > map.len() {
-            map.set_len(end).map_err(|e| e.errno())?;
+            map.set_len(end).map_err(route::length_error)?;
         }
         // Blocks past EOF are not reserved with KEEP_SIZE: mkwrite
         // allocates only inside the file.
@@ -292,12 +294,11 @@ pub unsafe extern "C" fn sync_file_range(fd: c_int, off: off_t, len: off_t, flag
         if len == 0 {
             return Ok(());
         }
-        let done = if flags & libc::SYNC_FILE_RANGE_WAIT_AFTER != 0 {
-            map.flush_range(off, len)
-        } else {
-            map.flush_async_range(off, len)
-        };
-        done.map_err(|e| e.errno())
+        if flags & libc::SYNC_FILE_RANGE_WAIT_AFTER == 0 {
+            // Only starting writeback: nothing a program can observe.
+            return Ok(());
+        }
+        map.flush_range(off, len).map_err(|e| e.errno())
     }))
 }
 
@@ -402,17 +403,29 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
     got
 }
 
-/// Before an `O_TRUNC` open of a managed file: truncate through its
-/// mapping, so the mapping and the file agree.
-fn truncating_open(dir: c_int, path: *const c_char, flags: c_int) {
-    if flags & libc::O_TRUNC == 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
-        return;
+/// Opens with `open(flags)`. An `O_TRUNC` open of a managed file is
+/// truncated through its mapping (so the two agree), once the open has
+/// succeeded (`O_EXCL` or a refused permission leave it whole).
+fn open_routed(dir: c_int, path: *const c_char, flags: c_int, open: impl FnOnce(c_int) -> c_int) -> c_int {
+    let truncates = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
+    let map = if truncates { managed_path(dir, path) } else { None };
+    let fd = open(if map.is_some() {
+        flags & !libc::O_TRUNC
+    } else {
+        flags
+    });
+    let truncated = match map {
+        Some(map) if fd >= 0 => shielded(|| map.set_len(0).map_err(route::length_error)),
+        _ => Ok(()),
+    };
+    if let Err(e) = truncated {
+        // SAFETY: closing the descriptor just opened, which nobody has seen.
+        unsafe { real::close(fd) };
+        set_errno(e);
+        return -1;
     }
-    if let Some(Err(e)) = managed_path(dir, path).map(|map| inside(|| map.set_len(0))) {
-        say(format_args!(
-            "O_TRUNC of a managed file failed in its mapping: {e}"
-        ));
-    }
+    adopt(fd);
+    fd
 }
 
 /// After an open: a new descriptor of a managed file is managed.
@@ -429,20 +442,72 @@ fn adopt(fd: c_int) {
 // `O_CREAT` or `O_TMPFILE`, as the C library does.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn openat64(dir: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
-    truncating_open(dir, path, flags);
-    // SAFETY: the program's own call, passed on unchanged.
-    let fd = unsafe { real::openat64(dir, path, flags, mode) };
-    adopt(fd);
-    fd
+    // SAFETY: the program's own call, passed on (less O_TRUNC of a managed file).
+    open_routed(dir, path, flags, |flags| unsafe {
+        real::openat64(dir, path, flags, mode)
+    })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
-    truncating_open(libc::AT_FDCWD, path, flags);
-    // SAFETY: the program's own call, passed on unchanged.
-    let fd = unsafe { real::open64(path, flags, mode) };
-    adopt(fd);
-    fd
+    // SAFETY: the program's own call, passed on (less O_TRUNC of a managed file).
+    open_routed(libc::AT_FDCWD, path, flags, |flags| unsafe {
+        real::open64(path, flags, mode)
+    })
+}
+
+// ---- _FORTIFY_SOURCE's checked forms (what fortified programs call) ---------
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __read_chk(fd: c_int, buf: *mut c_void, count: size_t, room: size_t) -> ssize_t {
+    if count > room {
+        // SAFETY: glibc's own report of the overflow; it does not return.
+        unsafe { real::__chk_fail() };
+    }
+    // SAFETY: the checked call is `read` once the check passed.
+    unsafe { read(fd, buf, count) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __pread64_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: size_t,
+    off: off_t,
+    room: size_t,
+) -> ssize_t {
+    if count > room {
+        // SAFETY: glibc's own report of the overflow; it does not return.
+        unsafe { real::__chk_fail() };
+    }
+    // SAFETY: the checked call is `pread` once the check passed.
+    unsafe { pread64(fd, buf, count, off) }
+}
+
+/// `__open_2` and its kin are `open` without a mode, which glibc checks
+/// is not needed; the check fails in glibc's own function.
+fn needs_mode(flags: c_int) -> bool {
+    flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
+    if needs_mode(flags) {
+        // SAFETY: glibc's own function reports the misuse.
+        return unsafe { real::__open_2(path, flags) };
+    }
+    // SAFETY: the checked call is `open` once the check passed.
+    unsafe { open64(path, flags, 0) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __openat64_2(dir: c_int, path: *const c_char, flags: c_int) -> c_int {
+    if needs_mode(flags) {
+        // SAFETY: glibc's own function reports the misuse.
+        return unsafe { real::__openat_2(dir, path, flags) };
+    }
+    // SAFETY: the checked call is `openat` once the check passed.
+    unsafe { openat64(dir, path, flags, 0) }
 }
 
 #[unsafe(no_mangle)]
@@ -523,5 +588,8 @@ alias! {
     openat = openat64(dir: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int;
     open = open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int;
     creat = creat64(path: *const c_char, mode: mode_t) -> c_int;
+    __pread_chk = __pread64_chk(fd: c_int, buf: *mut c_void, count: size_t, off: off_t, room: size_t) -> ssize_t;
+    __open_2 = __open64_2(path: *const c_char, flags: c_int) -> c_int;
+    __openat_2 = __openat64_2(dir: c_int, path: *const c_char, flags: c_int) -> c_int;
     sendfile = sendfile64(out: c_int, input: c_int, off: *mut off_t, count: size_t) -> ssize_t;
 }

@@ -26,20 +26,34 @@
 //! a one-line message.
 //!
 //! Not covered, refused loudly on a managed file (a line on stderr and
-//! `ENOTSUP`): `copy_file_range`, `sendfile`, `splice`, `mremap`,
-//! `MAP_FIXED`, `preadv2`/`pwritev2` with flags. Not covered and not
-//! detectable: other processes using the file (each process has its own
-//! copy until it flushes), `io_uring`, stdio streams (`fopen` uses the C
-//! library's internal `open`), system calls made without the C library.
-//! A forked child does not inherit the mappings (touching one is a
-//! SIGSEGV) and is told so on its first call about a managed file.
-//! `munmap` of a view keeps the memory mapped while another view of the
-//! file remains, and `mprotect` is passed on unchanged.
+//! `ENOTSUP`): `copy_file_range`, `sendfile`, `splice`, `mremap` of part
+//! of a view or to another address (a whole view grows or shrinks in
+//! place, as SQLite asks), `MAP_FIXED`, `preadv2`/`pwritev2` with flags.
+//! Not covered and not detectable: other processes using the file (each
+//! process has its own copy until it flushes; do not name files that exist
+//! to coordinate processes, such as LMDB's `lock.mdb` or SQLite's `-shm`),
+//! `io_uring`, stdio streams (`fopen` uses the C library's internal
+//! `open`), `MAP_PRIVATE` mappings (they see the file, not unflushed
+//! writes), `sync`/`syncfs`, system calls made without the C library.
+//! Routed writes from several threads at once are not atomic against each
+//! other (two `O_APPEND` writers may overlap). A forked child does not
+//! inherit the mappings (touching one is a SIGSEGV) and is told so on its
+//! first call about a managed file; a `vfork` child's calls pass through;
+//! a `fork` while another thread is inside the interposer's table can
+//! leave the child waiting on it. `munmap` of a view keeps the memory
+//! mapped while another view of the file remains (two views of one range
+//! end one at a time), and `mprotect` is passed on unchanged.
 //!
-//! Data reaches the file at `msync`, `fsync`, the last `munmap` of a file,
-//! and at exit (`exit` and `_exit` flush every managed file); a process
+//! Data reaches the file at `msync(MS_SYNC)`, `fsync`, a routed write on
+//! an `O_DSYNC`/`O_SYNC` descriptor (before it returns), the last
+//! `munmap` of a file, and when the process exits or execs (`exit`,
+//! `_exit` and `execve`/`execv`/`execvp`/`execvpe` flush every managed
+//! file; `execl*` are not covered). `MS_ASYNC` and `sync_file_range`
+//! without `WAIT_AFTER` do nothing, as `MS_ASYNC` on Linux. A process
 //! killed by a signal loses what it had not flushed, as a machine that
-//! loses power loses the kernel's dirty pages.
+//! loses power loses the kernel's dirty pages. The checked forms that
+//! `_FORTIFY_SOURCE` compiles calls into (`__read_chk`, `__pread64_chk`,
+//! `__open_2`, ...) are covered too.
 
 /// Exports each `alias` as another name of `target`: on 64-bit the C
 /// library's `pread` and `pread64` (and the like) are one function under
@@ -55,6 +69,7 @@ macro_rules! alias {
 }
 
 mod config;
+mod exits;
 mod fd_calls;
 mod marks;
 mod mem_calls;
@@ -88,21 +103,16 @@ pub(crate) fn page_size() -> usize {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
-/// Every managed file written out (before the process and mkwrite's
-/// memory go).
-fn flush_everything() {
-    if !table::busy() && marks::any_live() {
-        table::with_table(|t| t.flush_all());
-    }
-}
-
 extern "C" fn at_load() {
+    real::resolve_all();
     // Read the settings now: a bad one stops the program before it runs.
     let _ = config::config();
+    // SAFETY: registers a function that only stores to atomics.
+    unsafe { libc::pthread_atfork(None, None, Some(table::forked_child)) };
 }
 
 extern "C" fn at_exit() {
-    flush_everything();
+    exits::flush_everything();
 }
 
 #[used]
@@ -112,16 +122,3 @@ static AT_LOAD: extern "C" fn() = at_load;
 #[used]
 #[unsafe(link_section = ".fini_array")]
 static AT_EXIT: extern "C" fn() = at_exit;
-
-#[unsafe(no_mangle)]
-pub extern "C" fn _exit(status: c_int) -> ! {
-    flush_everything();
-    // SAFETY: ending the process, as the program asked.
-    unsafe { real::_exit(status) };
-    unreachable!("_exit returned")
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn _Exit(status: c_int) -> ! {
-    _exit(status)
-}

@@ -78,17 +78,25 @@ pub(crate) fn holds_inode(dev: u64, ino: u64) -> bool {
     live_slots().any(|s| s.dev.load(Ordering::Acquire) == dev && s.ino.load(Ordering::Acquire) == ino)
 }
 
-/// Publishes a managed file (the table's lock held); `None` if all slots
-/// are taken.
-pub(crate) fn claim_slot(dev: u64, ino: u64, start: usize, end: usize) -> Option<usize> {
+/// Publishes a file about to be managed (the table's lock held): its
+/// inode now, its memory by [`publish_range`]. `None` if all slots are
+/// taken.
+pub(crate) fn claim_slot(dev: u64, ino: u64) -> Option<usize> {
     let at = FILES.iter().position(|s| s.end.load(Ordering::Acquire) == 0)?;
     let slot = &FILES[at];
     slot.dev.store(dev, Ordering::Release);
     slot.ino.store(ino, Ordering::Release);
-    slot.start.store(start, Ordering::Release);
-    slot.end.store(end, Ordering::Release);
+    // A placeholder range (live, covering nothing the program maps).
+    slot.start.store(0, Ordering::Release);
+    slot.end.store(1, Ordering::Release);
     LIVE.fetch_add(1, Ordering::AcqRel);
     Some(at)
+}
+
+/// Publishes the memory of the file in slot `at` (the table's lock held).
+pub(crate) fn publish_range(at: usize, start: usize, end: usize) {
+    FILES[at].start.store(start, Ordering::Release);
+    FILES[at].end.store(end, Ordering::Release);
 }
 
 /// Withdraws a managed file (the table's lock held).

@@ -9,7 +9,7 @@ use std::ffi::{c_int, c_void};
 use libc::{off_t, size_t};
 
 use crate::route::{shielded, status};
-use crate::table::{busy, key_of_fd, with_table};
+use crate::table::{busy, fault_thread, key_of_fd, with_table};
 use crate::{config::config, marks, real, say, set_errno};
 
 /// What to do with an `mmap`: pass it on, or answer it.
@@ -107,7 +107,7 @@ pub unsafe extern "C" fn mmap64(
 
 /// Whether `[addr, addr + len)` is a managed file's memory.
 fn ours(addr: *mut c_void, len: size_t) -> bool {
-    !busy() && marks::overlaps(addr as usize, len)
+    !busy() && marks::overlaps(addr as usize, len) && !fault_thread()
 }
 
 #[unsafe(no_mangle)]
@@ -144,14 +144,17 @@ pub unsafe extern "C" fn msync(addr: *mut c_void, len: size_t, flags: c_int) -> 
             Ok(())
         } else if flags & libc::MS_SYNC != 0 {
             map.flush_range(off, within)
-        } else if flags & libc::MS_ASYNC != 0 {
-            map.flush_async_range(off, within)
         } else {
-            Ok(()) // MS_INVALIDATE alone: the view is the file's one copy
+            // MS_ASYNC starts writeback only (Linux does nothing at all);
+            // MS_INVALIDATE: the view is the file's one copy.
+            Ok(())
         };
         done.map_err(|e| e.errno())
     }))
 }
+
+/// Linux 5.18's `MADV_DONTNEED` for locked pages too (not in the libc crate).
+const MADV_DONTNEED_LOCKED: c_int = 24;
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) -> c_int {
@@ -163,7 +166,11 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) 
         // On a file mapping these drop pages the file still holds; here
         // the mapping is the only copy of what is not flushed, so they are
         // not passed on, and a later access sees the same bytes either way.
-        libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_COLD | libc::MADV_PAGEOUT => 0,
+        libc::MADV_DONTNEED
+        | MADV_DONTNEED_LOCKED
+        | libc::MADV_FREE
+        | libc::MADV_COLD
+        | libc::MADV_PAGEOUT => 0,
         // mkwrite's memory is never inherited; these cannot change that.
         libc::MADV_DONTFORK | libc::MADV_DOFORK => 0,
         // On a shared file mapping MADV_REMOVE punches a hole.
@@ -189,18 +196,33 @@ pub unsafe extern "C" fn mremap(
     flags: c_int,
     new_addr: *mut c_void,
 ) -> *mut c_void {
-    if ours(addr, len) {
-        say(format_args!(
-            "mremap of a managed file's mapping is not supported: it fails with ENOTSUP"
-        ));
-        set_errno(libc::ENOTSUP);
-        return libc::MAP_FAILED;
+    if !ours(addr, len) {
+        // SAFETY: the program's own call, passed on unchanged.
+        return unsafe { real::mremap(addr, len, new_len, flags, new_addr) };
     }
-    // SAFETY: the program's own call, passed on unchanged.
-    unsafe { real::mremap(addr, len, new_len, flags, new_addr) }
+    // A whole view grows or shrinks in place (SQLite grows its map so);
+    // moving one, or part of one, is not supported.
+    let in_place = flags & (libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP) == 0 && new_len > 0;
+    let done = in_place
+        .then(|| with_table(|t| t.remap(addr as usize, len, new_len)))
+        .flatten();
+    match done {
+        Some(Ok(at)) => at as *mut c_void,
+        Some(Err(e)) => {
+            set_errno(e);
+            libc::MAP_FAILED
+        }
+        None => {
+            say(format_args!(
+                "mremap of part of a managed file's view, or to another address, is not supported: it fails with ENOTSUP"
+            ));
+            set_errno(libc::ENOTSUP);
+            libc::MAP_FAILED
+        }
+    }
 }
 
-// The C library's other names for the same functions.
+// The C library's other name for the same function.
 alias! {
     mmap = mmap64(addr: *mut c_void, len: size_t, prot: c_int, flags: c_int, fd: c_int, off: off_t) -> *mut c_void;
 }

@@ -4,7 +4,6 @@
 //! the same pointer).
 
 use std::ffi::{c_char, c_int, c_long, c_uint, c_void};
-use std::ptr::null_mut;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use libc::{iovec, loff_t, mode_t, off_t, size_t, ssize_t};
@@ -26,26 +25,40 @@ fn next(name: &'static str) -> *mut c_void {
 }
 
 macro_rules! real {
-    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {$(
-        /// The C library's own function of this name.
-        ///
-        /// # Safety
-        ///
-        /// As the C function's contract.
-        pub(crate) unsafe fn $name($($arg: $ty),*) -> $ret {
-            static SLOT: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
-            let mut found = SLOT.load(Ordering::Relaxed);
-            if found.is_null() {
-                found = next(concat!(stringify!($name), "\0"));
-                SLOT.store(found, Ordering::Relaxed);
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(
+            /// Where the C library's function of this name was found.
+            #[allow(non_snake_case)]
+            mod $name {
+                pub(super) static SLOT: super::AtomicPtr<super::c_void> =
+                    super::AtomicPtr::new(std::ptr::null_mut());
             }
-            // SAFETY: `found` is the C library's definition of this name,
-            // whose C signature the declaration above repeats.
-            let function: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(found) };
-            // SAFETY: the caller keeps the C function's contract.
-            unsafe { function($($arg),*) }
+
+            /// The C library's own function of this name.
+            ///
+            /// # Safety
+            ///
+            /// As the C function's contract.
+            pub(crate) unsafe fn $name($($arg: $ty),*) -> $ret {
+                let mut found = $name::SLOT.load(Ordering::Relaxed);
+                if found.is_null() {
+                    found = next(concat!(stringify!($name), "\0"));
+                    $name::SLOT.store(found, Ordering::Relaxed);
+                }
+                // SAFETY: `found` is the C library's definition of this name,
+                // whose C signature the declaration above repeats.
+                let function: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(found) };
+                // SAFETY: the caller keeps the C function's contract.
+                unsafe { function($($arg),*) }
+            }
+        )*
+
+        /// Finds every function now, at load: later, inside an allocator's
+        /// own `mmap` say, `dlsym` (which may allocate) could recurse.
+        pub(crate) fn resolve_all() {
+            $($name::SLOT.store(next(concat!(stringify!($name), "\0")), Ordering::Relaxed);)*
         }
-    )*};
+    };
 }
 
 real! {
@@ -85,4 +98,11 @@ real! {
     sendfile64(out: c_int, input: c_int, off: *mut off_t, count: size_t) -> ssize_t;
     splice(fd_in: c_int, off_in: *mut loff_t, fd_out: c_int, off_out: *mut loff_t, len: size_t, flags: c_uint) -> ssize_t;
     _exit(status: c_int) -> ();
+    __chk_fail() -> ();
+    __open_2(path: *const c_char, flags: c_int) -> c_int;
+    __openat_2(dir: c_int, path: *const c_char, flags: c_int) -> c_int;
+    execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int;
+    execv(path: *const c_char, argv: *const *const c_char) -> c_int;
+    execvp(file: *const c_char, argv: *const *const c_char) -> c_int;
+    execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int;
 }

@@ -120,11 +120,15 @@ pub(crate) fn write_at(fd: c_int, map: &Mapping, bufs: &[(usize, usize)], off: u
     writable(fd, libc::EBADF)?;
     // Linux appends with O_APPEND whatever the offset, pwrite(2) included.
     let off = if appends(fd) { map.len() } else { off };
-    let total: usize = bufs.iter().map(|b| b.1).sum();
+    let total = bufs
+        .iter()
+        .try_fold(0usize, |sum, b| sum.checked_add(b.1))
+        .filter(|&t| t <= isize::MAX as usize)
+        .ok_or(libc::EINVAL)?;
     let end = off.checked_add(total as u64).ok_or(libc::EFBIG)?;
     let old = map.len();
     if end > old {
-        map.set_len(end).map_err(|e| e.errno())?;
+        map.set_len(end).map_err(length_error)?;
     }
     let mut done = 0usize;
     for &(addr, len) in bufs {
@@ -140,7 +144,23 @@ pub(crate) fn write_at(fd: c_int, map: &Mapping, bufs: &[(usize, usize)], off: u
         }
         done += len;
     }
+    if done > 0 && status_flags(fd)? & libc::O_DSYNC != 0 {
+        // O_DSYNC (and O_SYNC, which includes it): durable on return.
+        map.flush_range(off, done as u64).map_err(|e| e.errno())?;
+    }
     Ok(done)
+}
+
+/// The errno for a failed change of length: past the reserved capacity
+/// it is `EFBIG` with a line saying what to raise.
+pub(crate) fn length_error(e: mkwrite::Error) -> c_int {
+    if let mkwrite::Error::BeyondCapacity { len, capacity } = e {
+        say(format_args!(
+            "a length of {len} bytes is past the {capacity} reserved for the file (raise MKWRITE_PRELOAD_CAPACITY)"
+        ));
+        return libc::EFBIG;
+    }
+    e.errno()
 }
 
 /// The descriptor's file position, where `read(2)` and `write(2)` start.

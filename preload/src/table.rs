@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::ffi::c_int;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use mkwrite::{FullAction, Mapping, MappingOptions, OnFull};
+use mkwrite::{FileStore, FullAction, Mapping, MappingOptions, OnFull};
 
 use crate::{config::config, marks, say};
 
@@ -77,12 +78,33 @@ pub(crate) fn inside<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Runs `f` on the table, with this thread marked busy.
+///
+/// A child of `vfork` shares the parent's memory, table included, until it
+/// execs or exits: it gets an empty table of its own, so its calls pass
+/// through and the parent's state is left alone. (A `fork` child is told
+/// apart by [`forked_child`], which `pthread_atfork` runs in it.)
 pub(crate) fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> R {
     inside(|| {
+        let owner = OWNER.load(Ordering::Acquire);
+        let me = std::process::id();
+        if owner != 0 && owner != me {
+            return f(&mut Table::empty(me));
+        }
+        OWNER.store(me, Ordering::Release);
         let mut table = TABLE.lock().unwrap_or_else(PoisonError::into_inner);
         table.forget_if_forked();
         f(&mut table)
     })
+}
+
+/// The process the table belongs to (0 until first used).
+static OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs in a `fork` child (registered with `pthread_atfork`): the table
+/// is now this process's, with nothing in it that works here.
+pub(crate) extern "C" fn forked_child() {
+    marks::clear_all();
+    OWNER.store(std::process::id(), Ordering::Release);
 }
 
 /// Whether this is one of mkwrite's threads, whose calls are all
@@ -116,6 +138,14 @@ fn pages(addr: usize, len: usize) -> Range<usize> {
 }
 
 impl Table {
+    fn empty(pid: u32) -> Table {
+        Table {
+            files: BTreeMap::new(),
+            fds: BTreeMap::new(),
+            pid,
+        }
+    }
+
     /// A forked child inherits the table but not the memory (mkwrite's
     /// is `MADV_DONTFORK`): it starts with nothing managed.
     fn forget_if_forked(&mut self) {
@@ -190,10 +220,26 @@ impl Table {
     pub fn map(&mut self, fd: c_int, key: Key, path: &Path, off: u64, len: usize) -> Result<usize, c_int> {
         let end = off.checked_add(len as u64).ok_or(libc::EINVAL)?;
         if let std::collections::btree_map::Entry::Vacant(entry) = self.files.entry(key) {
-            // The program's descriptors of the file, found before mkwrite
-            // opens its own (which must stay unrouted).
+            // The inode is published first, so a descriptor another thread
+            // opens from now on waits for this table and is adopted; those
+            // open already are found before mkwrite opens its own (which
+            // must stay unrouted).
+            let Some(slot) = marks::claim_slot(key.0, key.1) else {
+                say(format_args!(
+                    "{} files are managed already; {} is not",
+                    marks::SLOTS,
+                    path.display()
+                ));
+                return Err(libc::ENFILE);
+            };
             let fds = descriptors_of(key);
-            entry.insert(open(path, key, end)?);
+            match open(fd, path, end, slot) {
+                Ok(live) => entry.insert(live),
+                Err(e) => {
+                    marks::free_slot(slot);
+                    return Err(e);
+                }
+            };
             fds.into_iter().for_each(|fd| self.add_fd(fd, key));
         }
         self.add_fd(fd, key);
@@ -211,6 +257,20 @@ impl Table {
         Ok(start)
     }
 
+    /// The program's `mremap(addr, len, new_len)` of a whole view: the
+    /// view grows or shrinks in place (the file's memory never moves), so
+    /// the address stays. `None` if `[addr, addr + len)` is not one view.
+    pub fn remap(&mut self, addr: usize, len: usize, new_len: usize) -> Option<Result<usize, c_int>> {
+        let old = pages(addr, len);
+        let live = self.files.values_mut().find(|l| l.holds(addr))?;
+        let at = live.views.iter().position(|v| *v == old)?;
+        if (addr - live.base).saturating_add(new_len) > live.capacity {
+            return Some(Err(libc::ENOMEM));
+        }
+        live.views[at] = pages(addr, new_len);
+        Some(Ok(addr))
+    }
+
     /// The program's `munmap(addr, len)`; false if it touches no managed
     /// file. A file whose last view goes is flushed and closed.
     pub fn unmap(&mut self, addr: usize, len: usize) -> bool {
@@ -222,7 +282,14 @@ impl Table {
                 continue;
             }
             ours = true;
-            live.views = live.views.iter().flat_map(|v| subtract(v, &gone)).collect();
+            // Two `mmap`s of the same range share an address: unmapping
+            // it ends one of them, not both.
+            match live.views.iter().position(|v| *v == gone) {
+                Some(at) => {
+                    live.views.swap_remove(at);
+                }
+                None => live.views = live.views.iter().flat_map(|v| subtract(v, &gone)).collect(),
+            }
             if live.views.is_empty() {
                 emptied.push(*key);
             }
@@ -236,8 +303,15 @@ impl Table {
     /// Flushes and closes a file nothing maps any more. If the flush fails
     /// it stays managed (its data only in memory) and the next flush or
     /// exit tries again.
+    ///
+    /// A routed call still holding the mapping (a `write(2)` on another
+    /// thread) keeps it managed, with no views, until exit: closing it
+    /// under that call could lose its bytes.
     fn retire(&mut self, key: Key) {
         let live = &self.files[&key];
+        if Arc::strong_count(&live.mapping) > 1 {
+            return;
+        }
         if let Err(e) = live.mapping.flush() {
             say(format_args!(
                 "{}: flush after the last munmap failed ({e}); the data stays in memory, the next fsync, msync or exit writes it",
@@ -291,14 +365,23 @@ fn subtract(v: &Range<usize>, gone: &Range<usize>) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// Opens `path` as a mkwrite mapping able to hold bytes up to `end`.
-fn open(path: &Path, key: Key, end: u64) -> Result<Live, c_int> {
+/// Opens the file behind `fd` (named `path` in messages) as a mkwrite
+/// mapping able to hold bytes up to `end`, published in `slot`. It opens
+/// `/proc/self/fd/<fd>`, the program's own file even if renamed over or
+/// unlinked since. The capacity leaves the file room to double.
+fn open(fd: c_int, path: &Path, end: u64, slot: usize) -> Result<Live, c_int> {
     let config = config();
+    let own = PathBuf::from(format!("/proc/self/fd/{fd}"));
     let page = crate::page_size() as u64;
-    let file_len = std::fs::metadata(path)
+    let file_len = std::fs::metadata(&own)
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?
         .len();
-    let capacity = config.capacity.max(end).max(file_len).div_ceil(page) * page;
+    let capacity = config
+        .capacity
+        .max(end.saturating_mul(2))
+        .max(file_len.saturating_mul(2))
+        .div_ceil(page)
+        * page;
     let mut options = MappingOptions::new();
     options.capacity(capacity);
     if config.wait_when_full {
@@ -306,22 +389,24 @@ fn open(path: &Path, key: Key, end: u64) -> Result<Live, c_int> {
         // process deleting a file) lets the write go on.
         options.on_full(OnFull::callback(|_| FullAction::Retry));
     }
-    if let Some(block) = config.block_size {
-        options.block_size(block);
-    }
-    let mapping = options.open(path).map_err(|e| {
+    let cannot = |e: mkwrite::Error| {
         say(format_args!("cannot manage {}: {e}", path.display()));
         e.errno()
-    })?;
-    let base = mapping.as_ptr() as usize;
-    let Some(slot) = marks::claim_slot(key.0, key.1, base, base + capacity as usize) else {
-        say(format_args!(
-            "{} files are managed already; {} is not",
-            marks::SLOTS,
-            path.display()
-        ));
-        return Err(libc::ENFILE);
     };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&own)
+        .map_err(|e| cannot(e.into()))?;
+    // The store is named by the file's path (its directory is what a new
+    // length makes it sync), not by /proc/self/fd.
+    let mut store = FileStore::from_file(file, Some(path.to_path_buf())).map_err(cannot)?;
+    if let Some(block) = config.block_size {
+        store = store.with_block_size(block).map_err(cannot)?;
+    }
+    let mapping = options.map_store(store).map_err(cannot)?;
+    let base = mapping.as_ptr() as usize;
+    marks::publish_range(slot, base, base + capacity as usize);
     Ok(Live {
         path: path.to_path_buf(),
         mapping: Arc::new(mapping),
