@@ -293,17 +293,20 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
 /// Workload 11: fio's mmap engine, unmodified, through the interposer and
 /// through the kernel.
 fn fio_rows(dir: &Path, fs: &'static str, size: &Size, lib: &Path) -> Vec<Row> {
-    [false, true]
-        .into_iter()
-        .map(|random| {
+    let mut rows = Vec::new();
+    for random in [false, true] {
+        for delivery in ["handler", "in-thread"] {
             let run = |preload| workloads::fio::fio_write(dir, preload, size.pages, random);
             let name = format!(
-                "11. fio --ioengine=mmap {}, via LD_PRELOAD",
-                if random { "randwrite" } else { "write" }
+                "11. fio --ioengine=mmap {}, via LD_PRELOAD{}",
+                if random { "randwrite" } else { "write" },
+                if delivery == "handler" { "" } else { ", in-thread" }
             );
-            measure(name, fs, size.reps, &mut || run(Some(lib)), &mut || run(None))
-        })
-        .collect()
+            let mk = &mut || run(Some((lib, delivery)));
+            rows.push(measure(name, fs, size.reps, mk, &mut || run(None)));
+        }
+    }
+    rows
 }
 
 /// Picks one phase of workload 10's run.

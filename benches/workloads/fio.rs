@@ -39,8 +39,9 @@ pub fn preload_lib() -> PathBuf {
 }
 
 /// One fio write job of `pages` 4 KiB writes on a fresh sparse file in
-/// `dir`, through the interposer `preload` when given.
-pub fn fio_write(dir: &Path, preload: Option<&Path>, pages: usize, random: bool) -> Run {
+/// `dir`, through the interposer when given (its path, and the delivery:
+/// `handler` or `in-thread`).
+pub fn fio_write(dir: &Path, preload: Option<(&Path, &str)>, pages: usize, random: bool) -> Run {
     let file = dir.join(if preload.is_some() {
         "fio-mkwrite.dat"
     } else {
@@ -60,8 +61,10 @@ pub fn fio_write(dir: &Path, preload: Option<&Path>, pages: usize, random: bool)
         &format!("--size={}", pages * PAGE),
         &format!("--filename={}", file.display()),
     ]);
-    if let Some(lib) = preload {
-        cmd.env("LD_PRELOAD", lib).env("MKWRITE_PRELOAD_PATHS", &file);
+    if let Some((lib, delivery)) = preload {
+        cmd.env("LD_PRELOAD", lib)
+            .env("MKWRITE_PRELOAD_PATHS", &file)
+            .env("MKWRITE_PRELOAD_DELIVERY", delivery);
     }
     let out = cmd.output().expect("fio");
     let report = String::from_utf8_lossy(&out.stdout);

@@ -12,6 +12,12 @@
 //!   (default 16 GiB); no mapping of it may reach past this.
 //! - `MKWRITE_PRELOAD_BLOCK_SIZE`: the block size mkwrite allocates in
 //!   (default: the filesystem's).
+//! - `MKWRITE_PRELOAD_DELIVERY`: `handler` (the default: mkwrite's fault
+//!   threads resolve faults, so any system call on a view works) or
+//!   `in-thread` (the faulting thread resolves its own, several times
+//!   faster; the interposer prepares a view's pages before the C library
+//!   calls it covers touch them, but any other system call given a view's
+//!   page that is not ready fails with `EFAULT`).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -24,6 +30,7 @@ pub(crate) struct Config {
     pub stats: bool,
     pub capacity: u64,
     pub block_size: Option<u64>,
+    pub in_thread: bool,
 }
 
 const DEFAULT_CAPACITY: u64 = 16 << 30;
@@ -57,12 +64,22 @@ impl Config {
                 .transpose()
         };
         let capacity = number("MKWRITE_PRELOAD_CAPACITY")?.unwrap_or(DEFAULT_CAPACITY);
+        let in_thread = match var("MKWRITE_PRELOAD_DELIVERY").as_deref() {
+            None | Some("handler") => false,
+            Some("in-thread") => true,
+            Some(other) => {
+                return Err(format!(
+                    "MKWRITE_PRELOAD_DELIVERY={other}: expected `handler` or `in-thread`"
+                ));
+            }
+        };
         Ok(Config {
             paths,
             wait_when_full,
             stats: var("MKWRITE_PRELOAD_STATS").is_some_and(|v| v != "0"),
             capacity,
             block_size: number("MKWRITE_PRELOAD_BLOCK_SIZE")?,
+            in_thread,
         })
     }
 }
@@ -95,7 +112,11 @@ pub(crate) fn config() -> &'static Config {
     CONFIG.get_or_init(|| {
         Config::from_env().unwrap_or_else(|message| {
             crate::say(format_args!("{message}"));
-            std::process::exit(2)
+            // Not `exit`: this may run in the library's constructor, where
+            // running the process's destructors can wait on the loader.
+            // SAFETY: ends the process at once; nothing needs cleaning up.
+            unsafe { crate::real::_exit(2) };
+            unreachable!("_exit returned")
         })
     })
 }

@@ -17,8 +17,11 @@ use crate::{marks, real, say, set_errno};
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
     match managed(fd) {
         Some(map) => ssize(shielded(|| route::read_here(fd, &map, &one(buf, count)?))),
-        // SAFETY: the program's own call, passed on unchanged.
-        None => unsafe { real::read(fd, buf, count) },
+        None => {
+            route::prepare_buffers(&[(buf as usize, count)], true);
+            // SAFETY: the program's own call, passed on unchanged.
+            unsafe { real::read(fd, buf, count) }
+        }
     }
 }
 
@@ -26,8 +29,11 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssi
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
     match managed(fd) {
         Some(map) => ssize(shielded(|| route::write_here(fd, &map, &one(buf, count)?))),
-        // SAFETY: the program's own call, passed on unchanged.
-        None => unsafe { real::write(fd, buf, count) },
+        None => {
+            route::prepare_buffers(&[(buf as usize, count)], false);
+            // SAFETY: the program's own call, passed on unchanged.
+            unsafe { real::write(fd, buf, count) }
+        }
     }
 }
 
@@ -41,8 +47,11 @@ pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: size_t, off
         Some(map) => ssize(shielded(|| {
             route::read_at(fd, &map, &one(buf, count)?, offset(off)?)
         })),
-        // SAFETY: the program's own call, passed on unchanged.
-        None => unsafe { real::pread64(fd, buf, count, off) },
+        None => {
+            route::prepare_buffers(&[(buf as usize, count)], true);
+            // SAFETY: the program's own call, passed on unchanged.
+            unsafe { real::pread64(fd, buf, count, off) }
+        }
     }
 }
 
@@ -52,8 +61,11 @@ pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, count: size_t, 
         Some(map) => ssize(shielded(|| {
             route::write_at(fd, &map, &one(buf, count)?, offset(off)?)
         })),
-        // SAFETY: the program's own call, passed on unchanged.
-        None => unsafe { real::pwrite64(fd, buf, count, off) },
+        None => {
+            route::prepare_buffers(&[(buf as usize, count)], false);
+            // SAFETY: the program's own call, passed on unchanged.
+            unsafe { real::pwrite64(fd, buf, count, off) }
+        }
     }
 }
 
@@ -61,8 +73,11 @@ pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, count: size_t, 
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, count: c_int) -> ssize_t {
     match managed(fd) {
         Some(map) => ssize(shielded(|| route::read_here(fd, &map, &buffers(iov, count)?))),
-        // SAFETY: the program's own call, passed on unchanged.
-        None => unsafe { real::readv(fd, iov, count) },
+        None => {
+            route::prepare_buffers(&buffers(iov, count).unwrap_or_default(), true);
+            // SAFETY: the program's own call, passed on unchanged.
+            unsafe { real::readv(fd, iov, count) }
+        }
     }
 }
 
@@ -70,8 +85,11 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, count: c_int) -> ss
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, count: c_int) -> ssize_t {
     match managed(fd) {
         Some(map) => ssize(shielded(|| route::write_here(fd, &map, &buffers(iov, count)?))),
-        // SAFETY: the program's own call, passed on unchanged.
-        None => unsafe { real::writev(fd, iov, count) },
+        None => {
+            route::prepare_buffers(&buffers(iov, count).unwrap_or_default(), false);
+            // SAFETY: the program's own call, passed on unchanged.
+            unsafe { real::writev(fd, iov, count) }
+        }
     }
 }
 
@@ -112,8 +130,11 @@ pub unsafe extern "C" fn preadv64(fd: c_int, iov: *const iovec, count: c_int, of
         Some(map) => ssize(shielded(|| {
             route::read_at(fd, &map, &buffers(iov, count)?, offset(off)?)
         })),
-        // SAFETY: the program's own call, passed on unchanged.
-        None => unsafe { real::preadv64(fd, iov, count, off) },
+        None => {
+            route::prepare_buffers(&buffers(iov, count).unwrap_or_default(), true);
+            // SAFETY: the program's own call, passed on unchanged.
+            unsafe { real::preadv64(fd, iov, count, off) }
+        }
     }
 }
 
@@ -123,8 +144,11 @@ pub unsafe extern "C" fn pwritev64(fd: c_int, iov: *const iovec, count: c_int, o
         Some(map) => ssize(shielded(|| {
             route::write_at(fd, &map, &buffers(iov, count)?, offset(off)?)
         })),
-        // SAFETY: the program's own call, passed on unchanged.
-        None => unsafe { real::pwritev64(fd, iov, count, off) },
+        None => {
+            route::prepare_buffers(&buffers(iov, count).unwrap_or_default(), false);
+            // SAFETY: the program's own call, passed on unchanged.
+            unsafe { real::pwritev64(fd, iov, count, off) }
+        }
     }
 }
 

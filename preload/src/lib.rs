@@ -78,13 +78,14 @@ mod route;
 mod table;
 
 use std::ffi::c_int;
-use std::io::Write;
 
 /// One line on stderr, prefixed so it is clear where it comes from.
 pub(crate) fn say(message: std::fmt::Arguments<'_>) {
     let line = format!("mkwrite-preload: {message}\n");
-    // Unbuffered, straight to the descriptor: this may run at exit.
-    let _ = std::io::stderr().write_all(line.as_bytes());
+    // Straight to the C library's `write`, unbuffered: this may run while
+    // the settings are being read, or at exit.
+    // SAFETY: writes our own buffer to descriptor 2.
+    let _ = unsafe { real::write(2, line.as_ptr().cast(), line.len()) };
 }
 
 pub(crate) fn set_errno(e: c_int) {

@@ -222,3 +222,25 @@ pub(crate) fn write_here(fd: c_int, map: &Mapping, bufs: &[(usize, usize)]) -> R
     seek(fd, at + n as u64)?;
     Ok(n)
 }
+
+/// With in-thread delivery, a system call that touches a view's page that
+/// is not ready gets `EFAULT` instead of waiting for it: before passing on
+/// a call on another descriptor whose buffers lie in views, make their
+/// pages ready (`writing` for a call that stores into them). Nothing to do
+/// with the default delivery, or for buffers outside every view.
+pub(crate) fn prepare_buffers(bufs: &[(usize, usize)], writing: bool) {
+    if busy() || !marks::any_live() || !crate::config::config().in_thread {
+        return;
+    }
+    for &(addr, len) in bufs.iter().filter(|b| b.1 > 0 && marks::overlaps(b.0, b.1)) {
+        let Some((map, off)) = with_table(|t| t.mapping_at(addr)) else {
+            continue;
+        };
+        let within = (len as u64).min(map.len().saturating_sub(off));
+        if within > 0 {
+            // A failure (past EOF, a full store) is the call's own to meet:
+            // it then fails as it would have.
+            let _ = inside(|| map.populate(off, within, writing));
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use mkwrite::{FileStore, FullAction, Mapping, MappingOptions, OnFull};
+use mkwrite::{Delivery, FileStore, FullAction, Mapping, MappingOptions, OnFull};
 
 use crate::{config::config, marks, say};
 
@@ -384,6 +384,9 @@ fn open(fd: c_int, path: &Path, end: u64, slot: usize) -> Result<Live, c_int> {
         * page;
     let mut options = MappingOptions::new();
     options.capacity(capacity);
+    if config.in_thread {
+        options.delivery(Delivery::InThread);
+    }
     if config.wait_when_full {
         // Retried every 100 ms at most: space freed by anyone (another
         // process deleting a file) lets the write go on.

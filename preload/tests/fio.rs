@@ -1,6 +1,6 @@
 //! fio's mmap engine, unmodified, on mkwrite through the interposer:
 //! sequential and random write jobs whose data fio itself verifies, read
-//! back again through the kernel; and on a full tmpfs with the `wait`
+//! back again through the kernel, in both deliveries; and on a full tmpfs with the `wait`
 //! policy a write job blocks at the fault, resumes when space is freed,
 //! and every byte it wrote is in the file.
 
@@ -26,8 +26,11 @@ fn fio(file: &Path, args: &[&str]) -> Command {
 #[test]
 fn write_jobs_through_the_interposer_verify_and_read_back_through_the_kernel() {
     let dir = tempfile::tempdir().unwrap();
-    for rw in ["write", "randwrite"] {
-        let file = dir.path().join(rw);
+    let runs = ["write", "randwrite"]
+        .into_iter()
+        .flat_map(|rw| [(rw, "handler"), (rw, "in-thread")]);
+    for (rw, delivery) in runs {
+        let file = dir.path().join(format!("{rw}-{delivery}"));
         let job = [
             "--ioengine=mmap",
             &format!("--rw={rw}"),
@@ -37,7 +40,11 @@ fn write_jobs_through_the_interposer_verify_and_read_back_through_the_kernel() {
             "--verify_fatal=1",
             "--randrepeat=1",
         ];
-        let cmd = preloaded(fio(&file, &job), &[&file], &[("MKWRITE_PRELOAD_STATS", "1")]);
+        let env = [
+            ("MKWRITE_PRELOAD_STATS", "1"),
+            ("MKWRITE_PRELOAD_DELIVERY", delivery),
+        ];
+        let cmd = preloaded(fio(&file, &job), &[&file], &env);
         let out = common::run_bounded(cmd, LIMIT);
         assert!(out.status.success(), "{rw}: {}", describe(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -95,21 +95,26 @@ fn parent() -> i32 {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let (mut passed, mut failed) = (0, 0);
-    for block in BLOCK_SIZES {
-        for &seed in &seeds {
-            let name = format!("block={block} seed={seed}");
-            if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-                continue;
+    // Every block size and seed with mkwrite's default delivery; the first
+    // seed again with faults resolved in the faulting thread.
+    let runs = BLOCK_SIZES.iter().flat_map(|&block| {
+        let default = seeds.iter().map(move |&seed| (block, seed, "handler"));
+        default.chain(std::iter::once((block, seeds[0], "in-thread")))
+    });
+    for (block, seed, delivery) in runs {
+        let name = format!("block={block} seed={seed} delivery={delivery}");
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let run = || run_once(&managed, &twin, block, seed, ops, delivery);
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(ran) => {
+                println!("test interposed {name} ... ok ({ran} ops)");
+                passed += 1;
             }
-            match catch_unwind(AssertUnwindSafe(|| run_once(&managed, &twin, block, seed, ops))) {
-                Ok(ran) => {
-                    println!("test interposed {name} ... ok ({ran} ops)");
-                    passed += 1;
-                }
-                Err(why) => {
-                    println!("test interposed {name} ... FAILED\n{}\n", panic_text(&why));
-                    failed += 1;
-                }
+            Err(why) => {
+                println!("test interposed {name} ... FAILED\n{}\n", panic_text(&why));
+                failed += 1;
             }
         }
     }
@@ -119,7 +124,7 @@ fn parent() -> i32 {
 }
 
 /// One child run on fresh files; the number of operations it ran.
-fn run_once(managed: &Path, twin: &Path, block: u64, seed: u64, ops: usize) -> String {
+fn run_once(managed: &Path, twin: &Path, block: u64, seed: u64, ops: usize, delivery: &str) -> String {
     let (managed_file, twin_file) = (managed.join("data"), twin.join("data"));
     for file in [&managed_file, &twin_file] {
         let _ = std::fs::remove_file(file);
@@ -132,6 +137,7 @@ fn run_once(managed: &Path, twin: &Path, block: u64, seed: u64, ops: usize) -> S
         &[
             (CHILD, "1"),
             ("MKWRITE_PRELOAD_BLOCK_SIZE", &block),
+            ("MKWRITE_PRELOAD_DELIVERY", delivery),
             (SEED, &seed),
             (OPS, &ops),
             (MANAGED_FILE, managed_file.to_str().unwrap()),

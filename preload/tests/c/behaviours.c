@@ -9,6 +9,7 @@
  *   behaviours twice FILE       two views of the same range; one unmapped
  *   behaviours grow FILE        mremap grows a view in place
  *   behaviours dsync FILE       pwrite on an O_DSYNC descriptor, then SIGKILL
+ *   behaviours syscall FILE     read(2) from a pipe into a view, write(2) from it
  *
  * Each writes "mkwrite" at byte 5000 of a 8192-byte file. */
 #define _GNU_SOURCE
@@ -102,6 +103,22 @@ int main(int argc, char **argv) {
         if (munmap(q, 16384) != 0 || ftruncate(fd, 8192) != 0)
             return 1; /* back to 8192 bytes: the test checks the first part */
         return 0;
+    } else if (strcmp(mode, "syscall") == 0) {
+        /* The kernel stores into and loads from pages nothing touched yet. */
+        int pipe_fds[2];
+        char back[8];
+        if (pipe(pipe_fds) != 0 || write(pipe_fds[1], "mkwrite", 7) != 7)
+            return 1;
+        if (read(pipe_fds[0], p + 5000, 7) != 7) {
+            perror("read into the view");
+            return 1;
+        }
+        if (write(pipe_fds[1], p + 5000, 7) != 7 || read(pipe_fds[0], back, 7) != 7 ||
+            memcmp(back, "mkwrite", 7) != 0) {
+            perror("write from the view");
+            return 1;
+        }
+        return munmap(p, 8192) == 0 ? 0 : 1;
     } else if (strcmp(mode, "dsync") == 0) {
         if (pwrite(fd, "mkwrite", 7, 5000) != 7)
             return 1;
