@@ -116,9 +116,13 @@ pub(crate) fn fault_thread() -> bool {
     }
     FAULT_THREAD.with(|known| {
         *known.get().get_or_insert_with(|| {
-            std::thread::current()
-                .name()
-                .is_some_and(|n| n.starts_with(mkwrite::THREAD_PREFIX))
+            // The kernel's copy of the name (std's handle may be gone in a
+            // thread's last destructors, where a program may still call
+            // `close`).
+            let mut name = [0u8; 16];
+            // SAFETY: PR_GET_NAME writes at most 16 bytes into `name`.
+            let got = unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) } == 0;
+            got && name.starts_with(mkwrite::THREAD_PREFIX.as_bytes())
         })
     })
 }
