@@ -46,15 +46,14 @@ impl Config {
         let paths = var("MKWRITE_PRELOAD_PATHS")
             .map(|v| v.split(':').filter(|p| !p.is_empty()).map(canonical).collect())
             .unwrap_or_default();
-        let wait_when_full = match var("MKWRITE_PRELOAD_ON_FULL").as_deref() {
-            None | Some("sigbus") => false,
-            Some("wait") => true,
-            Some(other) => {
-                return Err(format!(
-                    "MKWRITE_PRELOAD_ON_FULL={other}: expected `sigbus` or `wait`"
-                ));
-            }
+        // One of two words: `off` (the default when unset) or `on`.
+        let switch = |name: &str, off: &str, on: &str| match var(name).as_deref() {
+            None => Ok(false),
+            Some(v) if v == off => Ok(false),
+            Some(v) if v == on => Ok(true),
+            Some(other) => Err(format!("{name}={other}: expected `{off}` or `{on}`")),
         };
+        let wait_when_full = switch("MKWRITE_PRELOAD_ON_FULL", "sigbus", "wait")?;
         let number = |name: &str| -> Result<Option<u64>, String> {
             var(name)
                 .map(|v| {
@@ -64,15 +63,7 @@ impl Config {
                 .transpose()
         };
         let capacity = number("MKWRITE_PRELOAD_CAPACITY")?.unwrap_or(DEFAULT_CAPACITY);
-        let in_thread = match var("MKWRITE_PRELOAD_DELIVERY").as_deref() {
-            None | Some("handler") => false,
-            Some("in-thread") => true,
-            Some(other) => {
-                return Err(format!(
-                    "MKWRITE_PRELOAD_DELIVERY={other}: expected `handler` or `in-thread`"
-                ));
-            }
-        };
+        let in_thread = switch("MKWRITE_PRELOAD_DELIVERY", "handler", "in-thread")?;
         Ok(Config {
             paths,
             wait_when_full,

@@ -13,28 +13,54 @@ use crate::{marks, real, say, set_errno};
 
 // ---- reads and writes ------------------------------------------------------
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
-    match managed(fd) {
-        Some(map) => ssize(shielded(|| route::read_here(fd, &map, &one(buf, count)?))),
-        None => {
-            route::prepare_buffers(&[(buf as usize, count)], true);
-            // SAFETY: the program's own call, passed on unchanged.
-            unsafe { real::read(fd, buf, count) }
-        }
+/// Which way a read or write call moves bytes.
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    /// From the file into the program's buffers.
+    Read,
+    /// From the program's buffers into the file.
+    Write,
+}
+
+/// Where in the file a read or write call starts.
+enum At {
+    /// At the descriptor's position, which it then moves.
+    Position,
+    /// At this offset (`pread`, `pwrite`).
+    Offset(off_t),
+}
+
+impl At {
+    /// `preadv2`/`pwritev2`: offset -1 means the descriptor's position.
+    fn or_position(off: off_t) -> At {
+        if off == -1 { At::Position } else { At::Offset(off) }
     }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
-    match managed(fd) {
-        Some(map) => ssize(shielded(|| route::write_here(fd, &map, &one(buf, count)?))),
-        None => {
-            route::prepare_buffers(&[(buf as usize, count)], false);
-            // SAFETY: the program's own call, passed on unchanged.
-            unsafe { real::write(fd, buf, count) }
+/// Every read and write call: through the mapping if `fd` names a managed
+/// file, else `pass` (the C library), the buffers readied first for
+/// in-thread delivery.
+fn transfer(
+    fd: c_int,
+    direction: Direction,
+    at: At,
+    bufs: impl Fn() -> Result<Vec<(usize, usize)>, c_int>,
+    pass: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    let Some(map) = managed(fd) else {
+        // A read stores into the buffers.
+        route::prepare_buffers(|| bufs().unwrap_or_default(), direction == Direction::Read);
+        return pass();
+    };
+    ssize(shielded(|| {
+        let bufs = bufs()?;
+        match (direction, at) {
+            (Direction::Read, At::Position) => route::read_here(fd, &map, &bufs),
+            (Direction::Read, At::Offset(off)) => route::read_at(fd, &map, &bufs, offset(off)?),
+            (Direction::Write, At::Position) => route::write_here(fd, &map, &bufs),
+            (Direction::Write, At::Offset(off)) => route::write_at(fd, &map, &bufs, offset(off)?),
         }
-    }
+    }))
 }
 
 fn offset(off: off_t) -> Result<u64, c_int> {
@@ -42,114 +68,71 @@ fn offset(off: off_t) -> Result<u64, c_int> {
 }
 
 #[unsafe(no_mangle)]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    let bufs = || one(buf, count);
+    // SAFETY: the program's own call, passed on unchanged.
+    transfer(fd, Direction::Read, At::Position, bufs, || unsafe {
+        real::read(fd, buf, count)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    let bufs = || one(buf, count);
+    // SAFETY: the program's own call, passed on unchanged.
+    transfer(fd, Direction::Write, At::Position, bufs, || unsafe {
+        real::write(fd, buf, count)
+    })
+}
+
+#[unsafe(no_mangle)]
 pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: size_t, off: off_t) -> ssize_t {
-    match managed(fd) {
-        Some(map) => ssize(shielded(|| {
-            route::read_at(fd, &map, &one(buf, count)?, offset(off)?)
-        })),
-        None => {
-            route::prepare_buffers(&[(buf as usize, count)], true);
-            // SAFETY: the program's own call, passed on unchanged.
-            unsafe { real::pread64(fd, buf, count, off) }
-        }
-    }
+    let bufs = || one(buf, count);
+    // SAFETY: the program's own call, passed on unchanged.
+    let pass = || unsafe { real::pread64(fd, buf, count, off) };
+    transfer(fd, Direction::Read, At::Offset(off), bufs, pass)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, count: size_t, off: off_t) -> ssize_t {
-    match managed(fd) {
-        Some(map) => ssize(shielded(|| {
-            route::write_at(fd, &map, &one(buf, count)?, offset(off)?)
-        })),
-        None => {
-            route::prepare_buffers(&[(buf as usize, count)], false);
-            // SAFETY: the program's own call, passed on unchanged.
-            unsafe { real::pwrite64(fd, buf, count, off) }
-        }
-    }
+    let bufs = || one(buf, count);
+    // SAFETY: the program's own call, passed on unchanged.
+    let pass = || unsafe { real::pwrite64(fd, buf, count, off) };
+    transfer(fd, Direction::Write, At::Offset(off), bufs, pass)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, count: c_int) -> ssize_t {
-    match managed(fd) {
-        Some(map) => ssize(shielded(|| route::read_here(fd, &map, &buffers(iov, count)?))),
-        None => {
-            route::prepare_buffers(&buffers(iov, count).unwrap_or_default(), true);
-            // SAFETY: the program's own call, passed on unchanged.
-            unsafe { real::readv(fd, iov, count) }
-        }
-    }
+    let bufs = || buffers(iov, count);
+    // SAFETY: the program's own call, passed on unchanged.
+    transfer(fd, Direction::Read, At::Position, bufs, || unsafe {
+        real::readv(fd, iov, count)
+    })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, count: c_int) -> ssize_t {
-    match managed(fd) {
-        Some(map) => ssize(shielded(|| route::write_here(fd, &map, &buffers(iov, count)?))),
-        None => {
-            route::prepare_buffers(&buffers(iov, count).unwrap_or_default(), false);
-            // SAFETY: the program's own call, passed on unchanged.
-            unsafe { real::writev(fd, iov, count) }
-        }
-    }
-}
-
-/// `preadv2`'s offset -1 means the descriptor's position.
-fn vector_read(
-    fd: c_int,
-    map: &Mapping,
-    iov: *const iovec,
-    count: c_int,
-    off: off_t,
-) -> Result<usize, c_int> {
-    let bufs = buffers(iov, count)?;
-    if off == -1 {
-        route::read_here(fd, map, &bufs)
-    } else {
-        route::read_at(fd, map, &bufs, offset(off)?)
-    }
-}
-
-fn vector_write(
-    fd: c_int,
-    map: &Mapping,
-    iov: *const iovec,
-    count: c_int,
-    off: off_t,
-) -> Result<usize, c_int> {
-    let bufs = buffers(iov, count)?;
-    if off == -1 {
-        route::write_here(fd, map, &bufs)
-    } else {
-        route::write_at(fd, map, &bufs, offset(off)?)
-    }
+    let bufs = || buffers(iov, count);
+    // SAFETY: the program's own call, passed on unchanged.
+    transfer(fd, Direction::Write, At::Position, bufs, || unsafe {
+        real::writev(fd, iov, count)
+    })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn preadv64(fd: c_int, iov: *const iovec, count: c_int, off: off_t) -> ssize_t {
-    match managed(fd) {
-        Some(map) => ssize(shielded(|| {
-            route::read_at(fd, &map, &buffers(iov, count)?, offset(off)?)
-        })),
-        None => {
-            route::prepare_buffers(&buffers(iov, count).unwrap_or_default(), true);
-            // SAFETY: the program's own call, passed on unchanged.
-            unsafe { real::preadv64(fd, iov, count, off) }
-        }
-    }
+    let bufs = || buffers(iov, count);
+    // SAFETY: the program's own call, passed on unchanged.
+    let pass = || unsafe { real::preadv64(fd, iov, count, off) };
+    transfer(fd, Direction::Read, At::Offset(off), bufs, pass)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pwritev64(fd: c_int, iov: *const iovec, count: c_int, off: off_t) -> ssize_t {
-    match managed(fd) {
-        Some(map) => ssize(shielded(|| {
-            route::write_at(fd, &map, &buffers(iov, count)?, offset(off)?)
-        })),
-        None => {
-            route::prepare_buffers(&buffers(iov, count).unwrap_or_default(), false);
-            // SAFETY: the program's own call, passed on unchanged.
-            unsafe { real::pwritev64(fd, iov, count, off) }
-        }
-    }
+    let bufs = || buffers(iov, count);
+    // SAFETY: the program's own call, passed on unchanged.
+    let pass = || unsafe { real::pwritev64(fd, iov, count, off) };
+    transfer(fd, Direction::Write, At::Offset(off), bufs, pass)
 }
 
 #[unsafe(no_mangle)]
@@ -160,12 +143,13 @@ pub unsafe extern "C" fn preadv64v2(
     off: off_t,
     flags: c_int,
 ) -> ssize_t {
-    match managed(fd) {
-        Some(_) if flags != 0 => unsupported("preadv2 with flags"),
-        Some(map) => ssize(shielded(|| vector_read(fd, &map, iov, count, off))),
-        // SAFETY: the program's own call, passed on unchanged.
-        None => unsafe { real::preadv64v2(fd, iov, count, off, flags) },
+    if flags != 0 && managed(fd).is_some() {
+        return unsupported("preadv2 with flags");
     }
+    let bufs = || buffers(iov, count);
+    // SAFETY: the program's own call, passed on unchanged.
+    let pass = || unsafe { real::preadv64v2(fd, iov, count, off, flags) };
+    transfer(fd, Direction::Read, At::or_position(off), bufs, pass)
 }
 
 #[unsafe(no_mangle)]
@@ -176,12 +160,13 @@ pub unsafe extern "C" fn pwritev64v2(
     off: off_t,
     flags: c_int,
 ) -> ssize_t {
-    match managed(fd) {
-        Some(_) if flags != 0 => unsupported("pwritev2 with flags"),
-        Some(map) => ssize(shielded(|| vector_write(fd, &map, iov, count, off))),
-        // SAFETY: the program's own call, passed on unchanged.
-        None => unsafe { real::pwritev64v2(fd, iov, count, off, flags) },
+    if flags != 0 && managed(fd).is_some() {
+        return unsupported("pwritev2 with flags");
     }
+    let bufs = || buffers(iov, count);
+    // SAFETY: the program's own call, passed on unchanged.
+    let pass = || unsafe { real::pwritev64v2(fd, iov, count, off, flags) };
+    transfer(fd, Direction::Write, At::or_position(off), bufs, pass)
 }
 
 // ---- length, allocation, durability ----------------------------------------

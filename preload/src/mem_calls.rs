@@ -9,7 +9,7 @@ use std::ffi::{c_int, c_void};
 use libc::{off_t, size_t};
 
 use crate::route::{shielded, status};
-use crate::table::{busy, fault_thread, key_of_fd, with_table};
+use crate::table::{busy, fault_thread, file_range, key_of_fd, with_table};
 use crate::{config::config, marks, real, say, set_errno};
 
 /// What to do with an `mmap`: pass it on, or answer it.
@@ -121,21 +121,13 @@ pub unsafe extern "C" fn munmap(addr: *mut c_void, len: size_t) -> c_int {
     unsafe { real::munmap(addr, len) }
 }
 
-/// The mapping holding `addr`, and the part of `[addr, addr + len)`
-/// inside its file as `(offset, len)` (`len` 0 past EOF).
-fn file_range(addr: *mut c_void, len: size_t) -> Option<(std::sync::Arc<mkwrite::Mapping>, u64, u64)> {
-    let (map, off) = with_table(|t| t.mapping_at(addr as usize))?;
-    let within = (len as u64).min(map.len().saturating_sub(off));
-    Some((map, off, within))
-}
-
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn msync(addr: *mut c_void, len: size_t, flags: c_int) -> c_int {
     if !ours(addr, len) {
         // SAFETY: the program's own call, passed on unchanged.
         return unsafe { real::msync(addr, len, flags) };
     }
-    let Some((map, off, within)) = file_range(addr, len) else {
+    let Some((map, off, within)) = file_range(addr as usize, len) else {
         // SAFETY: as above; the table says it is not ours after all.
         return unsafe { real::msync(addr, len, flags) };
     };
@@ -174,7 +166,7 @@ pub unsafe extern "C" fn madvise(addr: *mut c_void, len: size_t, advice: c_int) 
         // mkwrite's memory is never inherited; these cannot change that.
         libc::MADV_DONTFORK | libc::MADV_DOFORK => 0,
         // On a shared file mapping MADV_REMOVE punches a hole.
-        libc::MADV_REMOVE => match file_range(addr, len) {
+        libc::MADV_REMOVE => match file_range(addr as usize, len) {
             Some((map, off, within)) if within > 0 => {
                 status(shielded(|| map.punch_hole(off, within).map_err(|e| e.errno())))
             }

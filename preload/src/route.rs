@@ -9,7 +9,7 @@ use std::sync::Arc;
 use libc::{iovec, ssize_t};
 use mkwrite::Mapping;
 
-use crate::table::{busy, fault_thread, inside, with_table};
+use crate::table::{busy, fault_thread, file_range, inside, with_table};
 use crate::{marks, real, say, set_errno};
 
 /// The mapping behind `fd`, if its file is managed.
@@ -114,12 +114,27 @@ pub(crate) fn read_at(fd: c_int, map: &Mapping, bufs: &[(usize, usize)], off: u6
 }
 
 /// Writes `bufs` at `off`, moving EOF past them as `pwrite(2)` does: the
-/// count written (`EBADF` if `fd` is not open for writing). A store that fills part-way gives a short count (the
-/// file then ends after what landed), or `ENOSPC` if nothing landed.
+/// count written (`EBADF` if `fd` is not open for writing). A store that
+/// fills part-way gives a short count (the file then ends after what
+/// landed), or `ENOSPC` if nothing landed.
 pub(crate) fn write_at(fd: c_int, map: &Mapping, bufs: &[(usize, usize)], off: u64) -> Result<usize, c_int> {
-    writable(fd, libc::EBADF)?;
+    write_placed(fd, map, bufs, off).map(|(_, n)| n)
+}
+
+/// As [`write_at`], with where the write began: `off`, or EOF with
+/// `O_APPEND`. The descriptor's flags are read once, for its access mode,
+/// `O_APPEND` and `O_DSYNC`.
+fn write_placed(fd: c_int, map: &Mapping, bufs: &[(usize, usize)], off: u64) -> Result<(u64, usize), c_int> {
+    let flags = status_flags(fd)?;
+    if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        return Err(libc::EBADF);
+    }
     // Linux appends with O_APPEND whatever the offset, pwrite(2) included.
-    let off = if appends(fd) { map.len() } else { off };
+    let off = if flags & libc::O_APPEND != 0 {
+        map.len()
+    } else {
+        off
+    };
     let total = bufs
         .iter()
         .try_fold(0usize, |sum, b| sum.checked_add(b.1))
@@ -140,15 +155,19 @@ pub(crate) fn write_at(fd: c_int, map: &Mapping, bufs: &[(usize, usize)], off: u
                 // Best effort: a file that cannot shrink back keeps the zeros.
                 let _ = map.set_len(old.max(off + done as u64));
             }
-            return if done > 0 { Ok(done) } else { Err(e.error.errno()) };
+            return if done > 0 {
+                Ok((off, done))
+            } else {
+                Err(e.error.errno())
+            };
         }
         done += len;
     }
-    if done > 0 && status_flags(fd)? & libc::O_DSYNC != 0 {
+    if done > 0 && flags & libc::O_DSYNC != 0 {
         // O_DSYNC (and O_SYNC, which includes it): durable on return.
         map.flush_range(off, done as u64).map_err(|e| e.errno())?;
     }
-    Ok(done)
+    Ok((off, done))
 }
 
 /// The errno for a failed change of length: past the reserved capacity
@@ -201,11 +220,6 @@ pub(crate) fn writable(fd: c_int, refused: c_int) -> Result<(), c_int> {
     }
 }
 
-/// Whether `fd` was opened with `O_APPEND`.
-pub(crate) fn appends(fd: c_int) -> bool {
-    status_flags(fd).is_ok_and(|flags| flags & libc::O_APPEND != 0)
-}
-
 /// A read at the descriptor's position, which then moves past it.
 pub(crate) fn read_here(fd: c_int, map: &Mapping, bufs: &[(usize, usize)]) -> Result<usize, c_int> {
     let at = position(fd)?;
@@ -217,8 +231,7 @@ pub(crate) fn read_here(fd: c_int, map: &Mapping, bufs: &[(usize, usize)]) -> Re
 /// A write at the descriptor's position (EOF with `O_APPEND`), which then
 /// moves past it.
 pub(crate) fn write_here(fd: c_int, map: &Mapping, bufs: &[(usize, usize)]) -> Result<usize, c_int> {
-    let at = if appends(fd) { map.len() } else { position(fd)? };
-    let n = write_at(fd, map, bufs, at)?;
+    let (at, n) = write_placed(fd, map, bufs, position(fd)?)?;
     seek(fd, at + n as u64)?;
     Ok(n)
 }
@@ -227,16 +240,19 @@ pub(crate) fn write_here(fd: c_int, map: &Mapping, bufs: &[(usize, usize)]) -> R
 /// is not ready gets `EFAULT` instead of waiting for it: before passing on
 /// a call on another descriptor whose buffers lie in views, make their
 /// pages ready (`writing` for a call that stores into them). Nothing to do
-/// with the default delivery, or for buffers outside every view.
-pub(crate) fn prepare_buffers(bufs: &[(usize, usize)], writing: bool) {
+/// with the default delivery, or for buffers outside every view; `bufs` is
+/// asked for only when there may be (this runs on every unmanaged call).
+pub(crate) fn prepare_buffers(bufs: impl FnOnce() -> Vec<(usize, usize)>, writing: bool) {
     if busy() || !marks::any_live() || !crate::config::config().in_thread {
         return;
     }
-    for &(addr, len) in bufs.iter().filter(|b| b.1 > 0 && marks::overlaps(b.0, b.1)) {
-        let Some((map, off)) = with_table(|t| t.mapping_at(addr)) else {
+    for (addr, len) in bufs()
+        .into_iter()
+        .filter(|b| b.1 > 0 && marks::overlaps(b.0, b.1))
+    {
+        let Some((map, off, within)) = file_range(addr, len) else {
             continue;
         };
-        let within = (len as u64).min(map.len().saturating_sub(off));
         if within > 0 {
             // A failure (past EOF, a full store) is the call's own to meet:
             // it then fails as it would have.

@@ -135,6 +135,14 @@ pub(crate) fn key_of_fd(fd: c_int) -> Option<Key> {
         .then_some((st.st_dev, st.st_ino))
 }
 
+/// The mapping holding `addr`, and the part of `[addr, addr + len)`
+/// inside its file as `(offset, len)` (`len` 0 past EOF).
+pub(crate) fn file_range(addr: usize, len: usize) -> Option<(Arc<Mapping>, u64, u64)> {
+    let (map, off) = with_table(|t| t.mapping_at(addr))?;
+    let within = (len as u64).min(map.len().saturating_sub(off));
+    Some((map, off, within))
+}
+
 /// A mapping's address and length, page-aligned outward.
 fn pages(addr: usize, len: usize) -> Range<usize> {
     let page = crate::page_size();
