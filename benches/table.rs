@@ -6,6 +6,9 @@
 //! `cargo bench --bench table` (a few minutes: 64 MiB files, median of 3),
 //! `cargo bench --bench table -- --smoke` (seconds: 1 MiB files, one run; CI
 //! runs it to keep the suite working, and asserts no time).
+//! `cargo bench --bench table -- --only 1,6` runs only workloads 1 and 6
+//! (to compare one step's rows before and after; the README's table is
+//! always a full run).
 //!
 //! As root it creates and removes an ext4 (4 KiB blocks) loop mount and a
 //! tmpfs; otherwise it uses a temporary directory, and says so.
@@ -103,6 +106,7 @@ fn main() {
         vec![("tempdir", Dir::Temp(tempfile::tempdir().expect("tempdir")))]
     };
     let fio = match workloads::fio::fio_missing() {
+        _ if !wanted("11.") => None,
         None => Some(workloads::fio::preload_lib()),
         Some(why) => {
             println!("fio rows skipped: {why}");
@@ -152,24 +156,47 @@ fn median(reps: usize, mut run: impl FnMut() -> Run) -> Run {
     runs.swap_remove(runs.len() / 2)
 }
 
-/// A row: the median of `reps` runs of each subject.
+/// The workloads `--only N,M` names, or `None` for all.
+fn only() -> Option<Vec<String>> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--only")?;
+    let list = args
+        .get(at + 1)
+        .expect("--only takes a list of workload numbers, as 1,6");
+    Some(list.split(',').map(|n| n.trim().to_string()).collect())
+}
+
+/// Whether the row `name` ("6. first write, ...") is of a wanted workload.
+fn wanted(name: &str) -> bool {
+    static ONLY: std::sync::OnceLock<Option<Vec<String>>> = std::sync::OnceLock::new();
+    let number = name.split('.').next().unwrap_or("");
+    ONLY.get_or_init(only)
+        .as_ref()
+        .is_none_or(|list| list.iter().any(|n| n == number))
+}
+
+/// A row: the median of `reps` runs of each subject; `None` (nothing run)
+/// if its workload is not wanted.
 fn measure(
     name: String,
     fs: &'static str,
     reps: usize,
     mk: &mut dyn FnMut() -> Run,
     kernel: &mut dyn FnMut() -> Run,
-) -> Row {
+) -> Option<Row> {
+    if !wanted(&name) {
+        return None;
+    }
     let mk = median(reps, mk);
     let kernel = median(reps, kernel);
-    Row { name, fs, mk, kernel }
+    Some(Row { name, fs, mk, kernel })
 }
 
 fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
     let n = size.pages;
     let mut rows = Vec::new();
     let mut row = |name, mk: &mut dyn FnMut() -> Run, kernel: &mut dyn FnMut() -> Run| {
-        rows.push(measure(name, fs, size.reps, mk, kernel))
+        rows.extend(measure(name, fs, size.reps, mk, kernel))
     };
     for (mk, tag) in DELIVERIES {
         for random in [false, true] {
@@ -303,7 +330,7 @@ fn fio_rows(dir: &Path, fs: &'static str, size: &Size, lib: &Path) -> Vec<Row> {
                 if delivery == "handler" { "" } else { ", in-thread" }
             );
             let mk = &mut || run(Some((lib, delivery)));
-            rows.push(measure(name, fs, size.reps, mk, &mut || run(None)));
+            rows.extend(measure(name, fs, size.reps, mk, &mut || run(None)));
         }
     }
     rows
@@ -314,6 +341,9 @@ type Phase = fn(&workloads::ManyMappings) -> &Run;
 
 /// Workload 10's rows: each phase's median over the runs, per subject.
 fn many_mappings_rows(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
+    if !wanted("10.") {
+        return Vec::new();
+    }
     let count = size.mappings;
     let runs = |s: Subject| {
         (0..size.reps)
@@ -372,6 +402,9 @@ fn nbdkit_missing() -> Option<String> {
 /// nbdkit's file plugin, serving an image in `dir` over TCP on 127.0.0.1;
 /// the kernel's column is its mmap of a local file in `dir`, as elsewhere.
 fn nbd_suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
+    if !wanted("1.") && !wanted("4.") {
+        return Vec::new();
+    }
     let n = size.pages;
     let image = dir.join("nbd-export.img");
     let image_len = Nbd::image_len((n * workloads::PAGE) as u64);
@@ -385,7 +418,7 @@ fn nbd_suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
     const OVER: &str = "mkwrite over NBD (nbdkit, TCP 127.0.0.1)";
     let mut rows = Vec::new();
     let mut row = |name, mk: &mut dyn FnMut() -> Run, kernel: &mut dyn FnMut() -> Run| {
-        rows.push(measure(name, fs, size.reps, mk, kernel))
+        rows.extend(measure(name, fs, size.reps, mk, kernel))
     };
     row(
         format!("1. first write, sequential, {OVER}"),

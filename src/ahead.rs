@@ -113,7 +113,18 @@ impl Detector {
 
     /// The last fault filled `count` pages from `first`: see [`Stream::filled`].
     pub fn filled(&mut self, first: u64, count: u64) {
-        self.streams[self.current].filled(first, count);
+        self.filled_in(self.current, first, count);
+    }
+
+    /// The stream of the last fault, to name in [`filled_in`](Self::filled_in)
+    /// once its fill is done (other faults may come meanwhile).
+    pub fn current(&self) -> usize {
+        self.current
+    }
+
+    /// A fault of stream `stream` filled `count` pages from `first`.
+    pub fn filled_in(&mut self, stream: usize, first: u64, count: u64) {
+        self.streams[stream].filled(first, count);
     }
 }
 
@@ -234,6 +245,24 @@ mod tests {
             "a jump starts its own stream"
         );
         assert_eq!(d.on_fault(a, 32, Advice::Normal), 16, "and the others go on");
+    }
+
+    #[test]
+    fn a_fill_ending_after_another_fault_goes_to_its_own_stream() {
+        let mut d = Detector::default();
+        d.on_fault(1, 32, Advice::Normal);
+        d.on_fault(1001, 32, Advice::Normal);
+        d.on_fault(2, 32, Advice::Normal);
+        let first_writer = d.current();
+        // The other writer faults before the first one's fill is recorded.
+        d.on_fault(1002, 32, Advice::Normal);
+        assert_ne!(d.current(), first_writer);
+        d.filled_in(first_writer, 2, 3);
+        assert_eq!(
+            d.on_fault(5, 32, Advice::Normal),
+            4,
+            "the first writer goes on from its fill"
+        );
     }
 
     #[test]

@@ -95,9 +95,9 @@ impl Engine {
         let mut done = 0usize;
         for page in self.geo.pages_overlapping(&(offset..end)) {
             let resolved = {
-                let mut flags = self.lock_flags();
+                let flags = self.lock_flags();
                 let eof = flags.eof();
-                self.resolve(&mut flags, page, access).map_err(|f| {
+                self.resolve_checked(flags, page, access).1.map_err(|f| {
                     f.into_error(|| out_of_range("past the end of the file", offset, len as u64, eof))
                 })
             };

@@ -22,7 +22,7 @@ use crate::options::OnFull;
 use crate::service::Service;
 use crate::stats::{Counters, Timer};
 use crate::store::{SignalSafe, Store};
-use crate::sys::{self, Region, Uffd, ZeroedWords};
+use crate::sys::{self, FillBuffers, Region, Uffd, ZeroedWords};
 
 /// Fields drop in declaration order, which is the teardown order after the
 /// service has let go of the mapping and its range is unregistered: unmap
@@ -48,10 +48,10 @@ pub(crate) struct Engine {
     pub read_only: bool,
     /// Sequential readers and writers, to work ahead of them (taken after `flags`).
     pub streams: Mutex<Streams>,
-    /// The buffer a fill reads into: room for the largest fill, allocated at
-    /// open (a signal handler may fill and must not allocate), in memory only
-    /// once used (taken after `flags`).
-    pub scratch: Mutex<ZeroedWords>,
+    /// The buffers fills read into, one per fill in flight: room for the
+    /// largest fill each, allocated at open (a signal handler may fill and
+    /// must not allocate), in memory only once used.
+    pub fill_buffers: FillBuffers,
     /// Held shared by operations that must see a stable layout (checked copies,
     /// flushes), exclusively by those that change it (size changes, holes, eviction).
     pub layout: RwLock<()>,
@@ -77,10 +77,45 @@ pub(crate) struct Engine {
     pub handler_failure: Mutex<Option<String>>,
     /// Set with `handler_failure`, readable in a signal handler.
     pub failed: AtomicBool,
+    /// Allocation and fill claims ending (`claims.rs`), for faults waiting on them.
+    pub claim_events: crate::claims::ClaimEvents,
     /// Faults handed from a faulting thread's signal handler to the fault service.
     pub handoffs: Handoffs,
     /// The error behind the latest SIGBUS, for a signal handler to inspect.
     pub last_fault_error: Mutex<Option<String>>,
+}
+
+/// What a page needs before it serves an access.
+pub(crate) enum Ready {
+    /// Nothing more.
+    Done(Resolved),
+    /// A fill, which the caller carries out with the flags lock released
+    /// (`claims.rs`): [`Engine::fill`], then [`Engine::filled`].
+    Fill(FillPlan),
+}
+
+/// A fill decided under the flags lock.
+#[derive(Debug, Clone)]
+pub(crate) struct FillPlan {
+    /// The page whose fault asked for the fill.
+    fault: u64,
+    /// The pages to fill, absent, below EOF.
+    pub pages: Range<u64>,
+    /// Installed writable and dirty (their blocks held), or protected and clean.
+    pub writable: bool,
+    /// They read as zeros: nothing to read, no buffer needed.
+    pub zeros: bool,
+    /// EOF when planned; it does not move while a fill is claimed.
+    eof: u64,
+    /// The stream that learns where the fill ended, if any.
+    stream: Option<FillStream>,
+}
+
+/// Which of [`Streams`]' detectors, and which stream of it, a fill continues.
+#[derive(Debug, Clone, Copy)]
+enum FillStream {
+    Read(usize),
+    WriteFill(usize),
 }
 
 /// What a fault or a checked access needs from a page.
@@ -169,10 +204,10 @@ pub(crate) fn init_zero_pages() -> io::Result<()> {
     Ok(())
 }
 
-/// The fill buffer for a mapping over `geo`: room for its largest fill.
-pub(crate) fn scratch_for(geo: &Geometry) -> io::Result<ZeroedWords> {
+/// The fill buffers for a mapping over `geo`: room for its largest fill each.
+pub(crate) fn fill_buffers_for(geo: &Geometry) -> io::Result<FillBuffers> {
     let fill_pages = MAX_FILL_PAGES.min(geo.pages());
-    ZeroedWords::new((fill_pages * geo.page).div_ceil(8) as usize)
+    FillBuffers::new(crate::claims::FILLS as u32, (fill_pages * geo.page) as usize)
 }
 
 fn zero_pages() -> &'static [u8] {
@@ -276,41 +311,31 @@ impl Engine {
         (page * self.geo.page) as usize
     }
 
-    /// DESIGN rule 2: makes `page` ready for `access`, allocating its blocks
-    /// before it may be written (rule 1). The one place faults are decided.
-    /// This is the checked calls' form: it makes only the pages it is asked
-    /// for writable (those the caller writes), so exactly they are dirty.
-    pub fn resolve(&self, flags: &mut Flags, page: u64, access: Access) -> Result<Resolved, Failure> {
-        self.resolve_with(flags, page, access, StoreCalls::Ordinary, false)
-    }
-
-    /// The last step of [`resolve_fault`](Self::resolve_fault), under the lock.
-    pub fn resolve_for_fault(
-        &self,
-        flags: &mut Flags,
-        page: u64,
-        access: Access,
-        calls: StoreCalls<'_>,
-    ) -> Result<Resolved, Failure> {
-        self.resolve_with(flags, page, access, calls, true)
-    }
-
-    fn resolve_with(
+    /// DESIGN rule 2: decides what makes `page` ready for `access`,
+    /// allocating its blocks before it may be written (rule 1), and does it
+    /// but for a fill, which it plans for the caller to carry out. The one
+    /// place faults are decided; `claims.rs` drives it. `write_ahead`: ahead
+    /// of a sequential writer the next pages are made writable too (faults);
+    /// otherwise only the pages asked for, so exactly they are dirty
+    /// (checked calls).
+    pub fn resolve_under(
         &self,
         flags: &mut Flags,
         page: u64,
         access: Access,
         calls: StoreCalls<'_>,
         write_ahead: bool,
-    ) -> Result<Resolved, Failure> {
+    ) -> Result<Ready, Failure> {
         if flags.past_eof(page) {
             return Err(Failure::PastEof);
         }
-        let resolved = self.make_ready(flags, page, access, calls, write_ahead)?;
-        // The page serves this access now; a fence left by an earlier failure
-        // must not fail it (nor crash a checked copy into it).
-        self.lift_fence(page)?;
-        Ok(resolved)
+        let ready = self.make_ready(flags, page, access, calls, write_ahead)?;
+        if matches!(ready, Ready::Done(_)) {
+            // The page serves this access now; a fence left by an earlier failure
+            // must not fail it (nor crash a checked copy into it).
+            self.lift_fence(page)?;
+        }
+        Ok(ready)
     }
 
     fn make_ready(
@@ -320,45 +345,55 @@ impl Engine {
         access: Access,
         calls: StoreCalls<'_>,
         write_ahead: bool,
-    ) -> Result<Resolved, Failure> {
+    ) -> Result<Ready, Failure> {
         match (flags.residency(page), access) {
             (Residency::Absent, Access::Read) => {
-                let (ahead, around) = {
+                let (ahead, around, stream) = {
                     let mut streams = relock(self.streams.lock());
-                    (streams.read_fault(page), streams.around(page))
+                    let ahead = streams.read_fault(page);
+                    (
+                        ahead,
+                        streams.around(page),
+                        FillStream::Read(streams.read.current()),
+                    )
                 };
                 let sequential = ahead > 0;
                 let (first, ahead) = match sequential {
                     true => (page, ahead),
                     false => self.around(flags, page, around),
                 };
-                let count = self.fill_run(flags, first, ahead, false, calls)?;
-                // A reader going on from where the fill ended (around, or
-                // short of the window) is sequential.
-                relock(self.streams.lock()).read.filled(first, count);
-                Ok(Resolved::FilledForRead)
+                Ok(Ready::Fill(self.plan_fill(
+                    flags,
+                    page,
+                    first,
+                    ahead,
+                    false,
+                    Some(stream),
+                )))
             }
             (Residency::Absent, Access::Write) => {
                 self.allocate_under(flags, page, calls)?;
-                let ahead = match write_ahead {
-                    true => relock(self.streams.lock()).write_fill_fault(page),
-                    false => 0,
+                let (ahead, stream) = match write_ahead {
+                    true => {
+                        let mut streams = relock(self.streams.lock());
+                        let ahead = streams.write_fill_fault(page);
+                        (ahead, Some(FillStream::WriteFill(streams.write_fill.current())))
+                    }
+                    false => (0, None),
                 };
-                let count = self.fill_run(flags, page, ahead, true, calls)?;
-                if write_ahead {
-                    // The fill may stop short of the window (at a page whose
-                    // blocks are not held yet): the writer goes on from there.
-                    relock(self.streams.lock()).write_fill.filled(page, count);
-                }
-                Ok(Resolved::FilledForWrite)
+                Ok(Ready::Fill(
+                    self.plan_fill(flags, page, page, ahead, true, stream),
+                ))
             }
             (Residency::Protected, Access::Write) => {
                 self.allocate_under(flags, page, calls)?;
                 self.ioctl(|| self.uffd().write_protect(self.addr(page), self.geo.page, false))?;
                 flags.granted_write(page);
-                Ok(Resolved::Unprotected)
+                Ok(Ready::Done(Resolved::Unprotected))
             }
-            (Residency::Protected, Access::Read) | (Residency::Writable, _) => Ok(Resolved::AlreadyReady),
+            (Residency::Protected, Access::Read) | (Residency::Writable, _) => {
+                Ok(Ready::Done(Resolved::AlreadyReady))
+            }
         }
     }
 
@@ -409,68 +444,123 @@ impl Engine {
         span
     }
 
-    /// Fills the absent `page`, and up to `ahead` absent pages after it
-    /// below EOF, with one store read and one copy: protected and clean, or
-    /// (`writable`) writable and dirty, ahead only over pages whose blocks are
-    /// all allocated (rule 1). Pages that read as zeros in a store that says
-    /// so are not read at all.
-    fn fill_run(
+    /// Plans the fill of the absent `first` page (for a fault at `fault`),
+    /// and of up to `ahead` absent pages after it below EOF, with one store
+    /// read and one copy: protected and clean, or (`writable`) writable and
+    /// dirty, ahead only over pages whose blocks are all allocated (rule 1).
+    /// Pages that read as zeros in a store that says so are not read at all.
+    fn plan_fill(
         &self,
-        flags: &mut Flags,
-        page: u64,
+        flags: &Flags,
+        fault: u64,
+        first: u64,
         ahead: u64,
         writable: bool,
-        calls: StoreCalls<'_>,
-    ) -> Result<u64, Failure> {
+        stream: Option<FillStream>,
+    ) -> FillPlan {
         let count = 1
             + (1..=ahead)
-                .take_while(|&i| self.fillable(flags, page + i, writable))
+                .take_while(|&i| self.fillable(flags, first + i, writable))
                 .count() as u64;
-        let zeros =
-            self.store.unallocated_reads_zero() && (page..page + count).all(|p| flags.reads_as_zeros(p));
+        let pages = first..first + count;
+        FillPlan {
+            fault,
+            zeros: self.store.unallocated_reads_zero() && pages.clone().all(|p| flags.reads_as_zeros(p)),
+            pages,
+            writable,
+            eof: flags.eof(),
+            stream,
+        }
+    }
+
+    /// Carries out `plan` without the flags lock (the plan's claim keeps
+    /// every other fill and every layout change off its pages): reads them
+    /// into `buffer` (unless they read as zeros) and installs them. Returns
+    /// how many went in: all, or only the first if a page ahead turned out
+    /// to be present.
+    pub fn fill(
+        &self,
+        plan: &FillPlan,
+        buffer: Option<&mut [u8]>,
+        calls: StoreCalls<'_>,
+    ) -> Result<u64, Failure> {
+        let (first, count) = (plan.pages.start, plan.pages.end - plan.pages.start);
         let len = (count * self.geo.page) as usize;
-        let mut scratch = relock(self.scratch.lock());
-        let buf: &[u8] = if zeros {
-            &zero_pages()[..len]
-        } else {
-            // Every byte is overwritten: read, or zeroed past EOF.
-            let buf = &mut scratch.bytes_mut()[..len];
-            self.read_pages(flags, page, buf, calls)?;
-            buf
-        };
-        let filled = |flags: &mut Flags, p: u64| match writable {
-            true => flags.granted_write(p),
-            false => flags.filled_for_read(p),
-        };
-        match self.install(page, buf, writable) {
-            Ok(()) => {
-                for p in page..page + count {
-                    filled(flags, p);
-                }
-                Ok(count)
+        let buf: &[u8] = match buffer {
+            Some(buffer) if !plan.zeros => {
+                // Every byte is overwritten: read, or zeroed past EOF.
+                let buf = &mut buffer[..len];
+                self.read_pages(plan.eof, first, buf, calls)?;
+                buf
             }
+            _ => &zero_pages()[..len],
+        };
+        // Waiters wake once the flags say what went in ([`Engine::woken`]):
+        // a thread that faulted here may look at them next (`stats`, `flush`).
+        match self.install(first, buf, plan.writable, false) {
+            Ok(()) => Ok(count),
             Err(e) if count > 1 => {
                 // Some page ahead was not what the flags said; drop whatever
-                // went in and fill just the faulting page (its bytes are
-                // still the first page of the buffer).
+                // went in and fill just the first page (its bytes are still
+                // the first page of the buffer).
                 self.region
-                    .discard(self.page_offset(page), buf.len())
+                    .discard(self.page_offset(first), buf.len())
                     .map_err(|_| e)?;
-                self.install(page, &buf[..self.geo.page as usize], writable)?;
-                filled(flags, page);
+                self.install(first, &buf[..self.geo.page as usize], plan.writable, false)?;
                 Ok(1)
             }
             Err(e) => Err(e.into()),
         }
     }
 
+    /// Wakes the threads waiting in the kernel for the first `count` pages
+    /// of `plan` (none wait where faults raise SIGBUS instead).
+    pub fn woken(&self, plan: &FillPlan, count: u64) -> io::Result<()> {
+        match self.uffd().raises_sigbus() || count == 0 {
+            true => Ok(()),
+            false => self.ioctl(|| {
+                self.uffd()
+                    .wake(self.addr(plan.pages.start), count * self.geo.page)
+            }),
+        }
+    }
+
+    /// Records the first `count` pages of `plan` as filled, under the flags
+    /// lock again, and tells the stream where the fill ended.
+    pub fn filled(&self, flags: &mut Flags, plan: &FillPlan, count: u64) -> Result<Resolved, Failure> {
+        let first = plan.pages.start;
+        for p in first..first + count {
+            match plan.writable {
+                true => flags.granted_write(p),
+                false => flags.filled_for_read(p),
+            }
+        }
+        // A reader or writer going on from where the fill ended (around, or
+        // short of the window: at a page whose blocks are not held yet) is
+        // sequential.
+        match plan.stream {
+            Some(FillStream::Read(i)) => relock(self.streams.lock()).read.filled_in(i, first, count),
+            Some(FillStream::WriteFill(i)) => {
+                relock(self.streams.lock()).write_fill.filled_in(i, first, count)
+            }
+            None => {}
+        }
+        self.lift_fence(plan.fault)?;
+        Ok(match plan.writable {
+            true => Resolved::FilledForWrite,
+            false => Resolved::FilledForRead,
+        })
+    }
+
     /// Whether the fill of a fault may take page `p` along: absent, below
-    /// EOF, neither poisoned nor fenced, and for writing, its blocks held.
+    /// EOF, neither poisoned, fenced nor being filled, and for writing, its
+    /// blocks held.
     fn fillable(&self, flags: &Flags, p: u64, writable: bool) -> bool {
         p < self.geo.pages()
             && !flags.past_eof(p)
             && flags.residency(p) == Residency::Absent
             && !flags.is_poisoned(p)
+            && !flags.claims.filling(p)
             && !self.is_fenced(p)
             && (!writable || flags.missing_blocks(p).is_none())
     }
@@ -598,15 +688,9 @@ impl Engine {
 
     /// Reads the pages from `page` that `buf` holds, in one store call;
     /// bytes past EOF read as zeros (DESIGN rule 5).
-    fn read_pages(
-        &self,
-        flags: &Flags,
-        page: u64,
-        buf: &mut [u8],
-        calls: StoreCalls<'_>,
-    ) -> Result<(), Failure> {
+    fn read_pages(&self, eof: u64, page: u64, buf: &mut [u8], calls: StoreCalls<'_>) -> Result<(), Failure> {
         let start = page * self.geo.page;
-        let visible = flags.eof().saturating_sub(start).min(buf.len() as u64) as usize;
+        let visible = eof.saturating_sub(start).min(buf.len() as u64) as usize;
         self.counters.timed(Timer::StoreRead, || match calls {
             StoreCalls::Ordinary => self
                 .store
@@ -620,11 +704,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Places `data` in the absent `page` and wakes its waiters.
-    fn install(&self, page: u64, data: &[u8], writable: bool) -> io::Result<()> {
+    /// Places `data` in the absent `page` (and those after it that `data`
+    /// covers) and, if `wake`, wakes their waiters.
+    fn install(&self, page: u64, data: &[u8], writable: bool, wake: bool) -> io::Result<()> {
         // Read-only memory is registered without write-protect, and needs none.
         let protect = !writable && !self.read_only;
-        match self.ioctl(|| self.uffd().copy(self.addr(page), data, protect)) {
+        match self.ioctl(|| self.uffd().copy(self.addr(page), data, protect, wake)) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // Flags said absent but the kernel has a page: a bookkeeping
                 // bug. Wake the waiters so nobody hangs, and report it.
@@ -713,7 +798,7 @@ impl Engine {
         // Read after the copy: the page may have turned out to be gone.
         let was = flags.residency(page);
         if was == Residency::Absent {
-            self.read_pages(flags, page, &mut buf, StoreCalls::Ordinary)
+            self.read_pages(flags.eof(), page, &mut buf, StoreCalls::Ordinary)
                 .map_err(Failure::into_io)?;
         }
         edit(&mut buf);
@@ -722,7 +807,7 @@ impl Engine {
             self.discard(flags, &[page])?;
         }
         let writable = was == Residency::Writable && dirty && flags.missing_blocks(page).is_none();
-        self.install(page, &buf, writable)?;
+        self.install(page, &buf, writable, true)?;
         if writable {
             flags.granted_write(page);
         } else {

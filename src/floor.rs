@@ -33,7 +33,7 @@ pub fn userfaultfd_write(pages: usize, write_protect: bool) -> io::Result<Durati
     let zeros = vec![0u8; page];
     if write_protect {
         for p in 0..pages {
-            uffd.copy(region.base() + (p * page) as u64, &zeros, true)?;
+            uffd.copy(region.base() + (p * page) as u64, &zeros, true, true)?;
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -54,7 +54,7 @@ pub fn userfaultfd_write(pages: usize, write_protect: bool) -> io::Result<Durati
                     if f.write_protect {
                         uffd.write_protect(at, page as u64, false)?;
                     } else {
-                        let _ = uffd.copy(at, &zeros, false);
+                        let _ = uffd.copy(at, &zeros, false, true);
                     }
                 }
             }

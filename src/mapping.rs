@@ -154,7 +154,7 @@ impl Mapping {
             .uffd
             .register(region.base(), region.len() as u64, opts.read_only)?;
         crate::engine::init_zero_pages()?;
-        let scratch = crate::engine::scratch_for(&geo)?;
+        let fill_buffers = crate::engine::fill_buffers_for(&geo)?;
         let engine = Arc::new(Engine {
             region,
             service,
@@ -172,7 +172,7 @@ impl Mapping {
             owner: sys::process_id(),
             read_only: opts.read_only,
             streams: Mutex::default(),
-            scratch: Mutex::new(scratch),
+            fill_buffers,
             layout: RwLock::new(()),
             flush_lock: Mutex::new(()),
             counters: Counters::default(),
@@ -182,6 +182,7 @@ impl Mapping {
             serving: Mutex::default(),
             handler_failure: Mutex::new(None),
             failed: AtomicBool::new(false),
+            claim_events: Default::default(),
             handoffs: Handoffs::default(),
             last_fault_error: Mutex::new(None),
         });

@@ -16,7 +16,7 @@ impl Engine {
             .ok_or_else(|| too_large(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
         let size = usize::try_from(geo.capacity)
             .map_err(|_| too_large(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
-        let scratch = crate::engine::scratch_for(&geo)?;
+        let fill_buffers = crate::engine::fill_buffers_for(&geo)?;
         let region = Region::reserve(size, self.read_only).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOMEM) => too_large(e),
             _ => Error::Io(e),
@@ -55,7 +55,7 @@ impl Engine {
         let _ = self.uffd().unregister(old.base(), old.len() as u64);
         self.geo = geo;
         // Fills may be larger now: a small reservation's buffer was smaller.
-        *self.scratch.get_mut().unwrap_or_else(|e| e.into_inner()) = scratch;
+        self.fill_buffers = fill_buffers;
         Ok(())
     }
 
@@ -73,7 +73,7 @@ impl Engine {
             }
             let protect = flags.residency(p) == Residency::Protected && !self.read_only;
             self.uffd()
-                .copy(region.base() + p * self.geo.page, &buf, protect)?;
+                .copy(region.base() + p * self.geo.page, &buf, protect, true)?;
         }
         Ok(())
     }

@@ -86,6 +86,9 @@ pub struct Stats {
     /// Store allocations started while another fault's was in flight: faults
     /// allocating in parallel (the flags lock is not held across them).
     pub allocations_overlapped: u64,
+    /// Fills (store reads and copies into the mapping) started while
+    /// another fault's was in flight: faults filling in parallel.
+    pub fills_overlapped: u64,
     /// Pages dropped to keep a [`Budget`](crate::Budget) (written back first if dirty).
     pub pages_evicted: u64,
 }
@@ -121,6 +124,7 @@ pub(crate) struct Counters {
     handed_off: AtomicU64,
     evicted: AtomicU64,
     overlapped: AtomicU64,
+    overlapped_fills: AtomicU64,
     /// Nanoseconds per [`Timer`], in its order.
     timers: [AtomicU64; 5],
 }
@@ -145,6 +149,10 @@ impl Counters {
 
     pub fn overlapped_allocation(&self) {
         bump(&self.overlapped, 1);
+    }
+
+    pub fn overlapped_fill(&self) {
+        bump(&self.overlapped_fills, 1);
     }
 
     pub fn evicted(&self, pages: u64) {
@@ -230,6 +238,7 @@ impl Counters {
         stats.faults_handed_off = get(&self.handed_off);
         stats.pages_evicted = get(&self.evicted);
         stats.allocations_overlapped = get(&self.overlapped);
+        stats.fills_overlapped = get(&self.overlapped_fills);
         let time = |t: Timer| Duration::from_nanos(get(&self.timers[t as usize]));
         stats.store_read_time = time(Timer::StoreRead);
         stats.store_allocate_time = time(Timer::StoreAllocate);

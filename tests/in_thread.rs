@@ -102,6 +102,12 @@ const CASES: &[Case] = &[
         Setup::Tmpfs,
     ),
     (
+        "two_threads_faulting_different_pages_fill_in_parallel",
+        two_threads_faulting_different_pages_fill_in_parallel,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
         "working_ahead_leaves_no_block_past_eof",
         working_ahead_leaves_no_block_past_eof,
         End::Exit(0),
@@ -316,19 +322,27 @@ fn populate_makes_read_into_the_mapping_work() {
     assert_eq!(back, pattern(4, PAGE));
 }
 
+/// Where [`Instrumented`] makes two faults meet.
+#[derive(Clone, Copy, PartialEq)]
+enum Meet {
+    Nowhere,
+    InAllocate,
+    InRead,
+}
+
 /// A file store, still signal-safe, that counts its signal-safe reads and,
-/// as a rendezvous, makes each signal-safe allocation wait (up to 2 s) until
-/// two are inside at once, noting whether they met.
+/// as a rendezvous, makes each signal-safe allocation or read wait (up to
+/// 2 s) until two are inside at once, noting whether they met.
 struct Instrumented {
     inner: FileStore,
     reads: AtomicU64,
-    rendezvous: bool,
+    rendezvous: Meet,
     inside: AtomicUsize,
     met: std::sync::atomic::AtomicBool,
 }
 
 impl Instrumented {
-    fn new(inner: FileStore, rendezvous: bool) -> Instrumented {
+    fn new(inner: FileStore, rendezvous: Meet) -> Instrumented {
         Instrumented {
             inner,
             reads: AtomicU64::new(0),
@@ -336,6 +350,17 @@ impl Instrumented {
             inside: AtomicUsize::new(0),
             met: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Runs `call`, first meeting another fault if `place` is the rendezvous.
+    fn met_in<T>(&self, place: Meet, call: impl FnOnce() -> T) -> T {
+        if self.rendezvous != place {
+            return call();
+        }
+        self.meet();
+        let done = call();
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+        done
     }
 
     fn meet(&self) {
@@ -390,24 +415,21 @@ impl Store for Instrumented {
 unsafe impl SignalSafe for Instrumented {
     fn read_at_in_signal(&self, offset: u64, buf: &mut [u8]) -> Result<(), i32> {
         self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.signal_safe().unwrap().read_at_in_signal(offset, buf)
+        self.met_in(Meet::InRead, || {
+            self.inner.signal_safe().unwrap().read_at_in_signal(offset, buf)
+        })
     }
     fn allocate_in_signal(&self, blocks: Range<u64>) -> Result<(), i32> {
-        if self.rendezvous {
-            self.meet();
-        }
-        let done = self.inner.signal_safe().unwrap().allocate_in_signal(blocks);
-        if self.rendezvous {
-            self.inside.fetch_sub(1, Ordering::SeqCst);
-        }
-        done
+        self.met_in(Meet::InAllocate, || {
+            self.inner.signal_safe().unwrap().allocate_in_signal(blocks)
+        })
     }
 }
 
 fn one_page_faulted_by_many_threads_is_filled_once() {
     let path = dir().join("f");
     std::fs::write(&path, pattern(5, 8 * PAGE)).unwrap();
-    let store = Arc::new(Instrumented::new(FileStore::open(&path).unwrap(), false));
+    let store = Arc::new(Instrumented::new(FileStore::open(&path).unwrap(), Meet::Nowhere));
     let map = Arc::new(in_thread().map_store(store.clone()).unwrap());
     map.advise(Advice::Random, 0, 0).unwrap();
     for round in 0..20 {
@@ -578,28 +600,37 @@ fn a_thread_waiting_for_space_still_gets_its_signals() {
     writer.join().unwrap();
 }
 
-fn two_threads_faulting_different_pages_allocate_in_parallel() {
-    let path = dir().join("f");
-    let inner = FileStore::create(&path).unwrap();
-    inner.set_len(256 * PAGE as u64).unwrap();
-    let store = Arc::new(Instrumented::new(inner, true));
-    let map = Arc::new(in_thread().map_store(store.clone()).unwrap());
-    map.advise(Advice::Random, 0, 0).unwrap();
+/// Two threads released at once, each running `touch` on the first byte
+/// of its page of `map`; what each returned.
+fn at_once<T: Send + 'static>(
+    map: &Arc<Mapping>,
+    pages: [usize; 2],
+    touch: fn(*mut u8, usize) -> T,
+) -> Vec<T> {
     let barrier = Arc::new(Barrier::new(2));
-    let writers: Vec<_> = [3usize, 200]
+    let threads: Vec<_> = pages
         .into_iter()
         .map(|page| {
             let (map, barrier) = (map.clone(), barrier.clone());
             thread::spawn(move || {
                 barrier.wait();
-                // SAFETY: inside the file.
-                unsafe { map.as_ptr().add(page * PAGE).write(page as u8) };
+                // SAFETY: the caller's pages are inside the mapping.
+                touch(unsafe { map.as_ptr().add(page * PAGE) }, page)
             })
         })
         .collect();
-    for w in writers {
-        w.join().unwrap();
-    }
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn two_threads_faulting_different_pages_allocate_in_parallel() {
+    let path = dir().join("f");
+    let inner = FileStore::create(&path).unwrap();
+    inner.set_len(256 * PAGE as u64).unwrap();
+    let store = Arc::new(Instrumented::new(inner, Meet::InAllocate));
+    let map = Arc::new(in_thread().map_store(store.clone()).unwrap());
+    map.advise(Advice::Random, 0, 0).unwrap();
+    // SAFETY: inside the file.
+    at_once(&map, [3, 200], |at, page| unsafe { at.write(page as u8) });
     let stats = map.stats();
     assert!(
         store.met.load(Ordering::SeqCst),
@@ -610,6 +641,31 @@ fn two_threads_faulting_different_pages_allocate_in_parallel() {
     map.flush().unwrap();
     let file = read_file(&path);
     assert_eq!((file[3 * PAGE], file[200 * PAGE]), (3, 200));
+}
+
+/// Two threads' first reads of different pages: each fault reads the store
+/// and copies its page in with the flags lock released, so the two reads
+/// are inside the store at once (the store's rendezvous sees it; under the
+/// lock the second would wait for the first, and they would not meet).
+fn two_threads_faulting_different_pages_fill_in_parallel() {
+    let path = dir().join("f");
+    let data = pattern(7, 256 * PAGE);
+    std::fs::write(&path, &data).unwrap();
+    let store = Arc::new(Instrumented::new(FileStore::open(&path).unwrap(), Meet::InRead));
+    let map = Arc::new(in_thread().map_store(store.clone()).unwrap());
+    map.advise(Advice::Random, 0, 0).unwrap();
+    // SAFETY: inside the file.
+    let seen = at_once(&map, [3, 200], |at, _| unsafe { at.add(5).read_volatile() });
+    assert_eq!(seen, [data[3 * PAGE + 5], data[200 * PAGE + 5]]);
+    let stats = map.stats();
+    assert!(
+        store.met.load(Ordering::SeqCst),
+        "the two fills never overlapped: {stats:?}"
+    );
+    assert_eq!(stats.fills_overlapped, 1, "{stats:?}");
+    assert_eq!(stats.faults_in_thread, 2, "{stats:?}");
+    assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+    map.check_invariants().unwrap();
 }
 
 /// Sequential writers up to EOF under both deliveries: allocation and

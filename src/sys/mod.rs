@@ -1,6 +1,7 @@
 //! Every call into the kernel lives here; the rest of the crate is safe code.
 
 mod file;
+mod fill_buffers;
 mod futex;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod guard;
@@ -14,6 +15,7 @@ pub(crate) use file::{
     allocate, allocate_raw, data_ranges, data_sync, fs_block_size, is_read_only, punch_hole,
     read_exact_at_raw,
 };
+pub(crate) use fill_buffers::{FillBuffer, FillBuffers};
 pub(crate) use futex::{futex_wait, futex_wake_all, thread_id, yield_now};
 pub(crate) use memory::{Access, Region};
 pub(crate) use signal::send_sigbus;

@@ -26,6 +26,7 @@ const FEATURE_POISON: u64 = 1 << 14;
 const REGISTER_MODE_MISSING: u64 = 1 << 0;
 const REGISTER_MODE_WP: u64 = 1 << 1;
 
+const COPY_MODE_DONTWAKE: u64 = 1 << 0;
 const COPY_MODE_WP: u64 = 1 << 1;
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 
@@ -382,12 +383,12 @@ impl Uffd {
     }
 
     /// Atomically installs `src` at `dst` (both page-multiple lengths), write-protected
-    /// if `protect`, and wakes waiters.
+    /// if `protect`, and wakes waiters if `wake` (else [`wake`](Self::wake) them later).
     ///
     /// `EEXIST` means a page is already there; `EAGAIN` means the mm changed
     /// under us: both are returned as-is for the caller to act on.
     #[doc(alias = "UFFDIO_COPY")]
-    pub(crate) fn copy(&self, dst: u64, src: &[u8], protect: bool) -> io::Result<()> {
+    pub(crate) fn copy(&self, dst: u64, src: &[u8], protect: bool, wake: bool) -> io::Result<()> {
         let mut done = 0u64;
         let len = src.len() as u64;
         while done < len {
@@ -395,7 +396,7 @@ impl Uffd {
                 dst: dst + done,
                 src: src.as_ptr() as u64 + done,
                 len: len - done,
-                mode: if protect { COPY_MODE_WP } else { 0 },
+                mode: if protect { COPY_MODE_WP } else { 0 } | if wake { 0 } else { COPY_MODE_DONTWAKE },
                 copy: 0,
             };
             let result = ioctl(self.as_raw_fd(), UFFDIO_COPY, &mut copy);

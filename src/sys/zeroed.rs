@@ -44,17 +44,18 @@ impl ZeroedWords {
 }
 
 impl ZeroedWords {
+    /// The first byte, for callers that hand out disjoint parts themselves
+    /// (`FillBuffers`); not derived from a borrow, so writing through it
+    /// is theirs to justify.
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.ptr.as_ptr().cast()
+    }
+
     /// The words as bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: the same memory as `deref`, viewed as bytes (any bit
         // pattern is a valid `u8`, and `u8` needs no alignment).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.len * 8) }
-    }
-
-    /// The words as bytes, to write.
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`; `&mut self` makes this the only access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.len * 8) }
     }
 }
 
