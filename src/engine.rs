@@ -1,6 +1,7 @@
 //! The state one mapping shares between its API and its fault handler, and the
 //! page primitives both use. Every primitive takes `&mut Flags` — the guard of
-//! the flags lock — so it can only run with the lock held.
+//! the flags lock — so it can only run with the lock held; the one exception,
+//! [`Engine::fill`], runs without it under a fill claim (`claims.rs`).
 //!
 //! Lock order: `layout` (read or write) before `flags`. The fault handler only
 //! ever takes `flags`, and nobody touches a missing or write-protected page of
