@@ -13,7 +13,7 @@
 //! ([`Engine::lock_flags_settled`]) and keep it, so no claim starts under
 //! them; what a claim allocates or fills is therefore still below EOF, and
 //! still wanted, when it records it. A flush waits for the writable fills
-//! in flight when it starts ([`Engine::lock_flags_after_writable_fills`]):
+//! in flight when it starts ([`Engine::wait_for_writable_fills`]):
 //! their pages may already hold writes it must not miss.
 
 use std::ops::Range;
@@ -214,17 +214,16 @@ impl Engine {
         flags
     }
 
-    /// The flags lock, once every writable fill in flight when it was
-    /// asked for has recorded its pages: a write to them that came before
-    /// is then dirty in the flags. Fills claimed later are not waited for,
-    /// so busy writers cannot keep a flush waiting.
-    pub fn lock_flags_after_writable_fills(&self) -> MutexGuard<'_, Flags> {
+    /// Waits until every writable fill in flight now has recorded its
+    /// pages: a write to them that came before is then dirty in the flags.
+    /// Fills claimed later are not waited for, so busy writers cannot keep
+    /// a flush waiting.
+    pub fn wait_for_writable_fills(&self) {
         let mut flags = self.lock_flags();
         let ticket = flags.claims.next_ticket();
         while flags.claims.writable_fill_before(ticket) {
             flags = self.wait_for_claims(flags);
         }
-        flags
     }
 
     /// Lets the flags lock go until a claim in flight ends. Async-signal-safe

@@ -476,7 +476,8 @@ impl Engine {
 
     /// Carries out `plan` without the flags lock (the plan's claim keeps
     /// every other fill and every layout change off its pages): reads them
-    /// into `buffer` (unless they read as zeros) and installs them. Returns
+    /// into `buffer` (`None` for a plan whose pages read as zeros) and
+    /// installs them. Returns
     /// how many went in: all, or only the first if a page ahead turned out
     /// to be present.
     pub fn fill(
@@ -488,13 +489,13 @@ impl Engine {
         let (first, count) = (plan.pages.start, plan.pages.end - plan.pages.start);
         let len = (count * self.geo.page) as usize;
         let buf: &[u8] = match buffer {
-            Some(buffer) if !plan.zeros => {
+            Some(buffer) => {
                 // Every byte is overwritten: read, or zeroed past EOF.
                 let buf = &mut buffer[..len];
                 self.read_pages(plan.eof, first, buf, calls)?;
                 buf
             }
-            _ => &zero_pages()[..len],
+            None => &zero_pages()[..len],
         };
         // Waiters wake once the flags say what went in ([`Engine::woken`]):
         // a thread that faulted here may look at them next (`stats`, `flush`).

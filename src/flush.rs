@@ -52,7 +52,7 @@ impl Engine {
         let _serial = self.flush_serial();
         // A page a fill installed writable may hold writes before the fill
         // records it dirty; wait for such fills in flight now.
-        drop(self.lock_flags_after_writable_fills());
+        self.wait_for_writable_fills();
         let mut taken: Vec<u64> = Vec::new();
         let mut written = 0u64;
         let mut result = Ok(());
