@@ -139,11 +139,27 @@ impl Claims {
     }
 }
 
-/// Claims ending, for faults to sleep on rather than spin while another's
-/// store call runs (a network store's read may take milliseconds).
+/// What a write to a page in writeback does (a flush is writing the page
+/// straight from the mapping's memory, `flush.rs`; writes wait for it, as
+/// the kernel's stable pages do, so the store reads what was flushed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writeback {
+    /// Waits for the flush to be done with the page: a faulting thread's
+    /// signal handler, a checked call.
+    Wait,
+    /// Fails with [`Failure::InWriteback`]; the flush rings the fault
+    /// service when it is done. For the service's workers, which must not
+    /// wait: the flush's own write may meet a missing page (dropped behind
+    /// the mapping's back), and only a worker can serve that fault.
+    Park,
+}
+
+/// Claims and writebacks ending, for faults to sleep on rather than spin
+/// while another's store call runs (a network store's read may take
+/// milliseconds).
 #[derive(Debug, Default)]
 pub(crate) struct ClaimEvents {
-    /// Bumped at every claim's end (under the flags lock).
+    /// Bumped at every claim's and writeback's end (under the flags lock).
     ended: AtomicU32,
     /// Threads about to wait or waiting: only then is a wake-up worth a system call.
     waiters: AtomicU32,
@@ -166,8 +182,8 @@ impl ClaimEvents {
         self.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// A claim ended: wakes whoever waits for one.
-    fn ended(&self) {
+    /// A claim or writeback ended: wakes whoever waits for one.
+    pub fn ended(&self) {
         self.ended.fetch_add(1, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) > 0 {
             crate::sync::wake_all(&self.ended);
@@ -226,8 +242,9 @@ impl Engine {
         }
     }
 
-    /// Lets the flags lock go until a claim in flight ends. Async-signal-safe
-    /// (a mutex the faulting thread cannot hold, atomics and `futex(2)`).
+    /// Lets the flags lock go until a claim or writeback in flight ends.
+    /// Async-signal-safe (a mutex the faulting thread cannot hold, atomics
+    /// and `futex(2)`).
     fn wait_for_claims<'a>(&'a self, flags: MutexGuard<'a, Flags>) -> MutexGuard<'a, Flags> {
         let seen = self.claim_events.about_to_wait();
         drop(flags);
@@ -256,8 +273,9 @@ impl Engine {
         page: u64,
         access: Access,
         calls: StoreCalls<'_>,
+        writeback: Writeback,
     ) -> (MutexGuard<'a, Flags>, Result<Resolved, Failure>) {
-        self.resolve_released(flags, page, access, calls, true)
+        self.resolve_released(flags, page, access, calls, writeback, true)
     }
 
     /// Makes `page` ready for a checked call's `access`: as a fault, but only
@@ -269,7 +287,7 @@ impl Engine {
         page: u64,
         access: Access,
     ) -> (MutexGuard<'a, Flags>, Result<Resolved, Failure>) {
-        self.resolve_released(flags, page, access, StoreCalls::Ordinary, false)
+        self.resolve_released(flags, page, access, StoreCalls::Ordinary, Writeback::Wait, false)
     }
 
     fn resolve_released<'a>(
@@ -278,10 +296,23 @@ impl Engine {
         page: u64,
         access: Access,
         calls: StoreCalls<'_>,
+        writeback: Writeback,
         write_ahead: bool,
     ) -> (MutexGuard<'a, Flags>, Result<Resolved, Failure>) {
         let mut ahead_asked = false;
+        let mut counted = false;
         loop {
+            if access == Access::Write && flags.in_writeback(page) {
+                if !std::mem::replace(&mut counted, true) {
+                    self.counters.writeback_wait();
+                }
+                if writeback == Writeback::Park {
+                    flags.writer_parked();
+                    return (flags, Err(Failure::InWriteback));
+                }
+                flags = self.wait_for_claims(flags);
+                continue;
+            }
             if flags.claims.filling(page) {
                 // Another fault fills it: once it is in, this one finds it ready.
                 flags = self.wait_for_claims(flags);

@@ -151,6 +151,10 @@ pub(crate) enum Failure {
     /// A signal-safe store call failed (with this errno): the fault goes to
     /// the fault service, which calls the store again for the full error.
     HandOff(i32),
+    /// A write to a page a flush is writing from memory, where the resolver
+    /// must not wait for it: the fault service parks the fault until the
+    /// flush is done with the page (`claims.rs`, [`Writeback`](crate::claims::Writeback)).
+    InWriteback,
 }
 
 /// Which of the store's calls a fault uses: the ordinary ones (the handler
@@ -171,6 +175,7 @@ impl Failure {
             Failure::Full(e) => e,
             Failure::Io(e) => Error::from(e),
             Failure::HandOff(errno) => Error::from(io::Error::from_raw_os_error(errno)),
+            Failure::InWriteback => Error::from(io::Error::from_raw_os_error(libc::EBUSY)),
         }
     }
 
@@ -179,6 +184,7 @@ impl Failure {
         match self {
             Failure::Io(e) => e,
             Failure::HandOff(errno) => io::Error::from_raw_os_error(errno),
+            Failure::InWriteback => io::Error::from_raw_os_error(libc::EBUSY),
             Failure::Full(e) => io::Error::from(e),
             Failure::PastEof => io::Error::from_raw_os_error(libc::EFAULT),
         }
@@ -302,6 +308,24 @@ impl Engine {
 
     pub fn flush_serial(&self) -> MutexGuard<'_, ()> {
         relock(self.flush_lock.lock())
+    }
+
+    /// The flush lock, if no flush runs now.
+    pub fn try_flush_serial(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.flush_lock.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// The layout lock held shared, if that needs no wait.
+    pub fn try_layout_shared(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        match self.layout.try_read() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     fn addr(&self, page: u64) -> u64 {
@@ -556,7 +580,7 @@ impl Engine {
 
     /// Whether the fill of a fault may take page `p` along: absent, below
     /// EOF, neither poisoned, fenced nor being filled, and for writing, its
-    /// blocks held.
+    /// blocks held and no flush writing it (it vanished in writeback).
     fn fillable(&self, flags: &Flags, p: u64, writable: bool) -> bool {
         p < self.geo.pages()
             && !flags.past_eof(p)
@@ -564,7 +588,7 @@ impl Engine {
             && !flags.is_poisoned(p)
             && !flags.claims.filling(p)
             && !self.is_fenced(p)
-            && (!writable || flags.missing_blocks(p).is_none())
+            && (!writable || (flags.missing_blocks(p).is_none() && !flags.in_writeback(p)))
     }
 
     /// The run of fillable pages within `group` holding `page`, for a read

@@ -23,7 +23,7 @@ impl Engine {
             victims.iter().copied().filter(|&p| flags.is_dirty(p)).collect()
         };
         if !dirty.is_empty() {
-            self.flush_runs(&crate::store::runs(dirty))?;
+            self.flush_for_eviction(&crate::store::runs(dirty))?;
         }
         // Exclusive, as `evict` holds it: no checked copy is then between its
         // check and its copy. Never waited for: the caller may be the fault

@@ -8,7 +8,9 @@
 //!   [`unallocated_reads_zero`](crate::Store::unallocated_reads_zero)); with
 //!   blocks larger than a page, each page's share of a block is its own;
 //! * per page: **residency** (absent, protected, writable) and **dirty** —
-//!   memory may differ from the store.
+//!   memory may differ from the store; **writeback** — a flush is writing
+//!   the page from memory: it stays protected meanwhile, and if it is
+//!   dropped behind the mapping's back, its bytes count as lost.
 //!
 //! The invariant (DESIGN rule 1): a writable page is dirty, and every block
 //! under it that lies below EOF is allocated. A protected page may be dirty
@@ -51,6 +53,9 @@ pub(crate) struct Flags {
     lost: Vec<Range<u64>>,
     /// Block ranges being allocated with the lock released (`claims.rs`).
     pub claims: Claims,
+    /// A fault service worker parked a write to a page in writeback: the
+    /// flush rings the service when it is done.
+    writer_parked: bool,
 }
 
 /// Per page: in memory (protected or writable).
@@ -71,7 +76,10 @@ const GHOST: usize = 8;
 /// Per page: came back soon after it was evicted: a page in use that a
 /// fault-only view missed; the clock passes over it once more.
 const HOT: usize = 9;
-const MAPS: usize = 10;
+/// Per page: a flush is writing it from the mapping's memory (`flush.rs`);
+/// writes to it wait until the flush is done with it.
+const WRITEBACK: usize = 10;
+const MAPS: usize = 11;
 
 /// The length of each bitmap over `geo`.
 fn lens(geo: &Geometry) -> [u64; MAPS] {
@@ -84,6 +92,7 @@ fn lens(geo: &Geometry) -> [u64; MAPS] {
         pages,
         geo.blocks(),
         units(geo),
+        pages,
         pages,
         pages,
         pages,
@@ -101,6 +110,7 @@ impl Flags {
             meter: None,
             lost: Vec::new(),
             claims: Claims::default(),
+            writer_parked: false,
         };
         for r in allocated {
             flags.mark_allocated(r.start.min(geo.blocks())..r.end.min(geo.blocks()));
@@ -132,6 +142,7 @@ impl Flags {
             meter: self.meter.take(),
             lost: self.lost.clone(),
             claims: Claims::default(),
+            writer_parked: self.writer_parked,
         })
     }
 
@@ -312,10 +323,11 @@ impl Flags {
     }
 
     /// A resident page turned out to be gone from memory (dropped by
-    /// `madvise` behind the mapping's back): absent. If it was dirty, its
-    /// bytes below EOF are recorded as lost, for the next flush to report.
+    /// `madvise` behind the mapping's back): absent. If it was dirty or in
+    /// writeback, its bytes below EOF are recorded as lost, for the next
+    /// flush to report.
     pub fn vanished(&mut self, page: u64) {
-        if self.is_dirty(page) {
+        if self.is_dirty(page) || self.in_writeback(page) {
             let bytes = self.geo.page_bytes(page);
             let lost = bytes.start..bytes.end.min(self.eof.max(bytes.start));
             match self.lost.last_mut() {
@@ -366,10 +378,37 @@ impl Flags {
         self.bits.set(DIRTY, page, false);
     }
 
-    /// A flush failed after taking the page: dirty again, so the next flush writes it.
+    /// A flush failed after taking the page: dirty again, so the next flush
+    /// writes it; unless it is gone from memory meanwhile (then it was lost).
     pub fn redirty(&mut self, page: u64) {
-        debug_assert_ne!(self.residency(page), Residency::Absent);
-        self.bits.set(DIRTY, page, true);
+        if self.residency(page) != Residency::Absent {
+            self.bits.set(DIRTY, page, true);
+        }
+    }
+
+    /// A flush takes the page to write it from memory: clean, protected and
+    /// in writeback until [`written_back`](Self::written_back).
+    pub fn start_writeback(&mut self, page: u64) {
+        self.cleaned(page);
+        self.bits.set(WRITEBACK, page, true);
+    }
+
+    pub fn written_back(&mut self, page: u64) {
+        self.bits.set(WRITEBACK, page, false);
+    }
+
+    pub fn in_writeback(&self, page: u64) -> bool {
+        self.bits.get(WRITEBACK, page)
+    }
+
+    /// A write to a page in writeback was parked (see the field).
+    pub fn writer_parked(&mut self) {
+        self.writer_parked = true;
+    }
+
+    /// Whether a writer was parked since the last call.
+    pub fn take_writer_parked(&mut self) -> bool {
+        std::mem::take(&mut self.writer_parked)
     }
 
     /// Dirty pages in `pages`, in order.
@@ -427,7 +466,7 @@ impl Flags {
             return Err(format!("block {block} allocated wholly past EOF {}", self.eof));
         }
         let pages = 0..self.geo.pages();
-        let mut marked: Vec<u64> = [RESIDENT, WRITABLE, DIRTY, POISONED]
+        let mut marked: Vec<u64> = [RESIDENT, WRITABLE, DIRTY, POISONED, WRITEBACK]
             .into_iter()
             .flat_map(|map| self.bits.ones(map, pages.clone()))
             .collect();
@@ -438,6 +477,9 @@ impl Flags {
                 return Err(format!("page {page} writable but not resident"));
             }
             let r = self.residency(page);
+            if r == Residency::Writable && self.in_writeback(page) {
+                return Err(format!("page {page} writable in writeback"));
+            }
             if r == Residency::Writable && !self.is_dirty(page) {
                 return Err(format!("page {page} writable but clean"));
             }
@@ -564,6 +606,27 @@ mod tests {
         assert!(f.dirty_pages(0..16).is_empty());
         f.redirty(0);
         assert_eq!(f.dirty_pages(0..16), vec![0]);
+        f.check().unwrap();
+    }
+
+    #[test]
+    fn a_page_in_writeback_is_clean_and_counts_as_lost_if_it_vanishes() {
+        let mut f = flags(4096, 3 * 4096);
+        f.mark_allocated(0..3);
+        f.granted_write(0);
+        f.granted_write(1);
+        f.start_writeback(0);
+        f.start_writeback(1);
+        assert!(f.in_writeback(0) && !f.is_dirty(0));
+        assert_eq!(f.residency(0), Residency::Protected);
+        f.check().unwrap();
+        f.vanished(1);
+        f.redirty(1);
+        assert!(!f.is_dirty(1), "a vanished page is not dirty again");
+        f.written_back(0);
+        f.written_back(1);
+        assert!(!f.in_writeback(0));
+        assert_eq!(f.take_lost(), vec![4096..8192], "only the page that vanished");
         f.check().unwrap();
     }
 

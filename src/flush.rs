@@ -1,35 +1,68 @@
 //! Write-back by flags (DESIGN rule 4): for each dirty page, clear its dirty
-//! mark, write-protect it, copy its allocated blocks; then write the copies to
-//! the store, coalesced, and sync. EOF plays no part, and nothing is allocated.
+//! mark and write-protect it; then write its allocated blocks to the store,
+//! coalesced, and sync. EOF plays no part, and nothing is allocated.
+//!
+//! The store gets the bytes one of two ways. A store that may be handed the
+//! mapping's own memory ([`Store::writes_from_mapping`](crate::Store::writes_from_mapping))
+//! gets it, with nothing copied: its pages are marked in *writeback*, and
+//! writes to them wait until the flush is done with them (`claims.rs`), as
+//! the kernel's stable pages do. Any other store gets copies taken under the
+//! flags lock through `/proc/self/mem`, which never faults; so does
+//! eviction, which a fault service worker may run: a write from the mapping
+//! can meet a page dropped behind the mapping's back, and only a worker
+//! serves that fault.
 
 use std::ops::Range;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::flags::Flags;
+use crate::flags::{Flags, Residency};
+use crate::geometry::intersect;
 use crate::stats::Timer;
 
-/// Bytes copied under one hold of the flags lock, so the handler is never
-/// kept waiting for long.
-const STAGE_BYTES: u64 = 4 << 20;
+/// Bytes taken under one hold of the flags lock: the lock is never held
+/// long, and a write to a page in writeback waits for at most this much.
+const BATCH_BYTES: u64 = 4 << 20;
 
-/// Copies of dirty pages taken under the lock, waiting to be written.
-struct Stage {
-    data: Vec<u8>,
-    /// (file offset, range in `data`) of each coalesced write.
-    writes: Vec<(u64, Range<usize>)>,
+/// How a flush hands the store the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The mapping's memory, its pages in writeback meanwhile.
+    Mapping,
+    /// Copies taken under the flags lock.
+    Copies,
+}
+
+/// Dirty pages a flush took, and what to write for them.
+struct Batch {
+    /// Clean and protected now (and in writeback, from the mapping).
     pages: Vec<u64>,
+    /// Coalesced byte ranges, at the same offsets in the file and the mapping.
+    writes: Vec<Range<u64>>,
+    /// The bytes of `writes`, one after another, when copied.
+    copies: Option<Vec<u8>>,
     /// The page after the last one this batch looked at.
     resume: u64,
 }
 
-impl Stage {
-    fn push(&mut self, offset: u64, bytes: &[u8]) {
-        let at = self.data.len();
-        self.data.extend_from_slice(bytes);
+impl Batch {
+    fn new(source: Source, bytes: usize) -> Batch {
+        Batch {
+            pages: Vec::new(),
+            writes: Vec::new(),
+            copies: (source == Source::Copies).then(|| Vec::with_capacity(bytes)),
+            resume: 0,
+        }
+    }
+
+    /// Adds `range` to write (and its `copy`, when copied).
+    fn push(&mut self, range: Range<u64>, copy: Option<&[u8]>) {
+        if let (Some(copies), Some(copy)) = (&mut self.copies, copy) {
+            copies.extend_from_slice(copy);
+        }
         match self.writes.last_mut() {
-            Some((start, r)) if *start + r.len() as u64 == offset && r.end == at => r.end += bytes.len(),
-            _ => self.writes.push((offset, at..at + bytes.len())),
+            Some(last) if last.end == range.start => last.end = range.end,
+            _ => self.writes.push(range),
         }
     }
 }
@@ -50,34 +83,31 @@ impl Engine {
         // One flush at a time: a page another flush has taken but not yet
         // synced must not let this one return early.
         let _serial = self.flush_serial();
+        let source = match self.store.writes_from_mapping() {
+            true => Source::Mapping,
+            false => Source::Copies,
+        };
+        self.flush_held(runs, source)
+    }
+
+    /// [`flush_runs`](Self::flush_runs) for eviction, from copies; it never
+    /// waits for a flush or a layout change in progress (the caller may be
+    /// the fault service, and that flush may be waiting for it) and flushes
+    /// nothing then: the dirty pages stay, and are not evicted.
+    pub fn flush_for_eviction(&self, runs: &[Range<u64>]) -> Result<()> {
+        let (Some(_layout), Some(_serial)) = (self.try_layout_shared(), self.try_flush_serial()) else {
+            return Ok(());
+        };
+        self.flush_held(runs, Source::Copies)
+    }
+
+    fn flush_held(&self, runs: &[Range<u64>], source: Source) -> Result<()> {
         // A page a fill installed writable may hold writes before the fill
         // records it dirty; wait for such fills in flight now.
         self.wait_for_writable_fills();
         let mut taken: Vec<u64> = Vec::new();
         let mut written = 0u64;
-        let mut result = Ok(());
-        for pages in runs {
-            let mut next = pages.start;
-            result = loop {
-                let stage = {
-                    let mut flags = self.lock_flags();
-                    match self.take_dirty(&mut flags, next..pages.end) {
-                        Ok(Some(stage)) => stage,
-                        Ok(None) => break Ok(()),
-                        Err(e) => break Err(e),
-                    }
-                };
-                next = stage.resume;
-                taken.extend_from_slice(&stage.pages);
-                if let Err(e) = self.write_stage(&stage) {
-                    break Err(e);
-                }
-                written += stage.data.len() as u64;
-            };
-            if result.is_err() {
-                break;
-            }
-        }
+        let result = self.write_runs(runs, source, &mut taken, &mut written);
         let result = result.and_then(|()| Ok(self.counters.timed(Timer::StoreSync, || self.store.sync())?));
         if result.is_err() {
             // errseq-style loss is what this library exists to avoid: a failed
@@ -98,55 +128,162 @@ impl Engine {
         }
     }
 
-    /// Takes up to [`STAGE_BYTES`] of dirty pages: protect, mark clean, copy.
-    fn take_dirty(&self, flags: &mut Flags, pages: Range<u64>) -> Result<Option<Stage>> {
-        let mut batch = flags.dirty_pages(pages.clone());
-        if batch.is_empty() {
-            return Ok(None);
-        }
-        batch.truncate((STAGE_BYTES / self.geo.page).max(1) as usize);
-        // Protect before copying: a write after this faults and re-dirties the
-        // page, so it is in this copy or in the next flush, never lost.
-        self.protect(flags, &batch)?;
-        let mut stage = Stage {
-            data: Vec::with_capacity((batch.len() as u64 * self.geo.page) as usize),
-            writes: Vec::new(),
-            pages: Vec::with_capacity(batch.len()),
-            resume: batch.last().map_or(pages.end, |p| p + 1),
-        };
-        let mut buf = vec![0u8; self.geo.page as usize];
-        for &page in &batch {
-            let page_start = page * self.geo.page;
-            let mut copies = Vec::new();
-            for bytes in flags.allocated_bytes(page) {
-                let within = bytes.start - page_start..bytes.end - page_start;
-                let out = &mut buf[within.start as usize..within.end as usize];
-                if !self.copy_resident(flags, page, within, out)? {
-                    // Dropped behind our back: recorded as lost, nothing to write.
-                    copies.clear();
-                    break;
+    /// Takes and writes the dirty pages of `runs`, batch by batch; `taken`
+    /// and `written` say how far it got.
+    fn write_runs(
+        &self,
+        runs: &[Range<u64>],
+        source: Source,
+        taken: &mut Vec<u64>,
+        written: &mut u64,
+    ) -> Result<()> {
+        for pages in runs {
+            let mut next = pages.start;
+            while let Some(batch) = self.take_dirty(next..pages.end, source)? {
+                next = batch.resume;
+                taken.extend_from_slice(&batch.pages);
+                let wrote = self.write_batch(&batch);
+                if source == Source::Mapping {
+                    self.written_back(&batch.pages);
                 }
-                copies.push(bytes);
+                *written += wrote?;
             }
-            if flags.residency(page) == crate::flags::Residency::Absent {
-                continue;
-            }
-            flags.cleaned(page);
-            stage.pages.push(page);
-            for bytes in copies {
-                let within = (bytes.start - page_start) as usize..(bytes.end - page_start) as usize;
-                stage.push(bytes.start, &buf[within]);
-            }
-        }
-        Ok(Some(stage))
-    }
-
-    fn write_stage(&self, stage: &Stage) -> Result<()> {
-        for (offset, range) in &stage.writes {
-            self.counters.timed(Timer::StoreWrite, || {
-                self.store.write_at(*offset, &stage.data[range.clone()])
-            })?;
         }
         Ok(())
+    }
+
+    /// Takes up to [`BATCH_BYTES`] of dirty pages: protect, mark clean, and
+    /// mark in writeback or copy.
+    fn take_dirty(&self, pages: Range<u64>, source: Source) -> Result<Option<Batch>> {
+        let mut flags = self.lock_flags();
+        let mut dirty = flags.dirty_pages(pages.clone());
+        if dirty.is_empty() {
+            return Ok(None);
+        }
+        dirty.truncate((BATCH_BYTES / self.geo.page).max(1) as usize);
+        // Protect before copying or writing: a write after this faults (and
+        // waits for the writeback, or re-dirties the page after its copy),
+        // so it is in this flush or the next, never lost.
+        self.protect(&mut flags, &dirty)?;
+        let mut batch = Batch::new(source, (dirty.len() as u64 * self.geo.page) as usize);
+        batch.resume = dirty.last().map_or(pages.end, |p| p + 1);
+        let mut page_copy = vec![
+            0u8;
+            if source == Source::Copies {
+                self.geo.page as usize
+            } else {
+                0
+            }
+        ];
+        for page in dirty {
+            let ranges = flags.allocated_bytes(page);
+            if source == Source::Mapping {
+                flags.start_writeback(page);
+                ranges.into_iter().for_each(|r| batch.push(r, None));
+            } else if self.copy_page(&mut flags, page, &ranges, &mut page_copy)? {
+                flags.cleaned(page);
+                for r in ranges {
+                    let within = self.within_page(page, &r);
+                    batch.push(r, Some(&page_copy[within]));
+                }
+            } else {
+                // Dropped behind our back: recorded as lost, nothing to write.
+                continue;
+            }
+            batch.pages.push(page);
+        }
+        Ok(Some(batch))
+    }
+
+    /// Copies the `ranges` of `page` into `out` (at their places in the
+    /// page) without faulting; false if the page is gone (then recorded lost).
+    fn copy_page(&self, flags: &mut Flags, page: u64, ranges: &[Range<u64>], out: &mut [u8]) -> Result<bool> {
+        for r in ranges {
+            let within = self.within_page(page, r);
+            let at = within.start as u64..within.end as u64;
+            if !self.copy_resident(flags, page, at, &mut out[within])? {
+                return Ok(false);
+            }
+        }
+        Ok(flags.residency(page) != Residency::Absent)
+    }
+
+    /// Where the bytes `r` of `page` lie within it.
+    fn within_page(&self, page: u64, r: &Range<u64>) -> Range<usize> {
+        let start = page * self.geo.page;
+        (r.start - start) as usize..(r.end - start) as usize
+    }
+
+    /// Writes `batch` to the store; returns the bytes written.
+    fn write_batch(&self, batch: &Batch) -> Result<u64> {
+        let mut at = 0usize;
+        for range in &batch.writes {
+            let len = (range.end - range.start) as usize;
+            match &batch.copies {
+                Some(data) => self.store_write(range.start, &data[at..at + len])?,
+                None => self.write_from_mapping(range.clone())?,
+            }
+            at += len;
+        }
+        Ok(at as u64)
+    }
+
+    fn store_write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.counters
+            .timed(Timer::StoreWrite, || self.store.write_at(offset, data))
+    }
+
+    /// Writes the bytes `range` of the mapping, its pages in writeback.
+    #[allow(unsafe_code)]
+    fn write_from_mapping(&self, range: Range<u64>) -> Result<()> {
+        let len = (range.end - range.start) as usize;
+        // SAFETY: the pages under `range` are write-protected and in
+        // writeback: every write to them (a fault, a checked call) waits
+        // until `written_back`, and layout changes and eviction wait for
+        // this flush's locks, so nothing of the mapping's changes them while
+        // the store reads them. Only the user may drop them behind the
+        // mapping's back (`madvise`); the store reads them inside system
+        // calls only (`Store::writes_from_mapping`), which then fault in the
+        // kernel (the fault service fills the page) or fail with `EFAULT`.
+        let data = unsafe { self.region.bytes(range.start as usize, len) };
+        match self.store_write(range.start, data) {
+            // With in-thread delivery a system call gets `EFAULT` for a page
+            // that is gone: write what is left from copies, which find it.
+            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => self.write_copied(range),
+            other => Ok(other?),
+        }
+    }
+
+    /// Writes the bytes `range` of pages in writeback from copies; a page
+    /// gone from memory is recorded lost (it was in writeback) and skipped.
+    fn write_copied(&self, range: Range<u64>) -> Result<()> {
+        let mut batch = Batch::new(Source::Copies, (range.end - range.start) as usize);
+        {
+            let mut flags = self.lock_flags();
+            let mut page_copy = vec![0u8; self.geo.page as usize];
+            for page in self.geo.pages_overlapping(&range) {
+                let part = intersect(&self.geo.page_bytes(page), &range);
+                if self.copy_page(&mut flags, page, std::slice::from_ref(&part), &mut page_copy)? {
+                    batch.push(part.clone(), Some(&page_copy[self.within_page(page, &part)]));
+                }
+            }
+        }
+        self.write_batch(&batch).map(drop)
+    }
+
+    /// The flush is done with `pages`: writes to them go on.
+    fn written_back(&self, pages: &[u64]) {
+        let parked = {
+            let mut flags = self.lock_flags();
+            for &p in pages {
+                flags.written_back(p);
+            }
+            self.claim_events.ended();
+            flags.take_writer_parked()
+        };
+        if parked {
+            // Writes the fault service parked try again.
+            self.ring();
+        }
     }
 }

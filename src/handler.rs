@@ -22,6 +22,7 @@ use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
+use crate::claims::Writeback;
 use crate::engine::{Access, Engine, Failure, Resolved, StoreCalls};
 use crate::options::{FullAction, FullFault};
 use crate::sys::{self, Fault, ThreadState};
@@ -40,8 +41,9 @@ const RETRY_MAX: Duration = Duration::from_millis(100);
 const SPINNING: u32 = 256;
 const SPIN_WINDOW: Duration = Duration::from_millis(500);
 
-/// One mapping's faults waiting for something: space (parked, with how
-/// often each was reported again) or their retry time.
+/// One mapping's faults waiting for something: space or a flush's
+/// writeback (parked, with how often each was reported again), or their
+/// retry time.
 #[derive(Default)]
 pub(crate) struct Waiting {
     parked: Vec<(Fault, u32, Instant)>,
@@ -110,8 +112,9 @@ pub(crate) fn reported(engine: &Engine, waiting: &mut Waiting, fault: Fault) {
     }
 }
 
-/// The mapping asked for attention: space may have been freed (parked
-/// faults try again), or a signal handler handed a fault over.
+/// The mapping asked for attention: space may have been freed or a flush
+/// be done with pages (parked faults try again), or a signal handler
+/// handed a fault over.
 pub(crate) fn rung(engine: &Engine, waiting: &mut Waiting) {
     for (f, _, _) in std::mem::take(&mut waiting.parked) {
         handle(engine, f, 0, waiting);
@@ -212,6 +215,9 @@ fn handle(engine: &Engine, fault: Fault, attempt: u32, waiting: &mut Waiting) {
                 Err(panic) => failed(engine, &fault, panic),
             }
         }
+        // The flush writing the page rings when it is done with it; waiting
+        // here instead could hold up the fault its own write meets.
+        Ok(Err(Failure::InWriteback)) => waiting.park(fault),
         Ok(Err(failure)) => refuse(engine, &fault, failure),
         Err(panic) => failed(engine, &fault, panic),
     }
@@ -228,7 +234,7 @@ fn resolve(engine: &Engine, fault: &Fault) -> Result<(), Failure> {
         // forever and the thread would refault in a loop.
         engine.reconcile(&mut flags, page)?;
     }
-    let (flags, resolved) = engine.resolve_fault(flags, page, access, StoreCalls::Ordinary);
+    let (flags, resolved) = engine.resolve_fault(flags, page, access, StoreCalls::Ordinary, Writeback::Park);
     drop(flags);
     if resolved? == Resolved::AlreadyReady && fault.slot.is_none() {
         // Someone else resolved the page first; the faulting thread waits.
@@ -272,6 +278,7 @@ fn refuse(engine: &Engine, fault: &Fault, why: Failure) {
         Failure::Full(e) => format!("write at {offset}: {e}"),
         Failure::Io(e) => format!("fault at {offset}: {e}"),
         Failure::HandOff(errno) => format!("fault at {offset}: {}", io::Error::from_raw_os_error(*errno)),
+        Failure::InWriteback => format!("write at {offset}: the page is being flushed"),
     };
     engine.record_fault_error(message);
     if let Some(slot) = fault.slot {
@@ -329,5 +336,6 @@ fn errno(why: &Failure) -> libc::c_int {
         Failure::Full(_) => libc::ENOSPC,
         Failure::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         Failure::HandOff(errno) => *errno,
+        Failure::InWriteback => libc::EBUSY,
     }
 }

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 
+use crate::claims::Writeback;
 use crate::engine::{Access, Engine, StoreCalls};
 use crate::error::{Error, Result};
 use crate::flags::Residency;
@@ -143,7 +144,7 @@ impl Engine {
             Some(store) if !self.failed.load(Ordering::SeqCst) => StoreCalls::InSignal(store),
             _ => return false,
         };
-        let (_flags, resolved) = self.resolve_fault(flags, page, access, calls);
+        let (_flags, resolved) = self.resolve_fault(flags, page, access, calls, Writeback::Wait);
         let resolved = resolved.is_ok();
         if resolved {
             self.counters.in_thread();

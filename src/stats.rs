@@ -89,6 +89,9 @@ pub struct Stats {
     /// Fills (store reads and copies into the mapping) started while
     /// another fault's was in flight: faults filling in parallel.
     pub fills_overlapped: u64,
+    /// Writes that found their page being written back by a flush straight
+    /// from the mapping's memory, and waited for it (counted once a wait).
+    pub writeback_waits: u64,
     /// Pages dropped to keep a [`Budget`](crate::Budget) (written back first if dirty).
     pub pages_evicted: u64,
 }
@@ -125,6 +128,7 @@ pub(crate) struct Counters {
     evicted: AtomicU64,
     overlapped: AtomicU64,
     overlapped_fills: AtomicU64,
+    writeback_waits: AtomicU64,
     /// Nanoseconds per [`Timer`], in its order.
     timers: [AtomicU64; 5],
 }
@@ -153,6 +157,10 @@ impl Counters {
 
     pub fn overlapped_fill(&self) {
         bump(&self.overlapped_fills, 1);
+    }
+
+    pub fn writeback_wait(&self) {
+        bump(&self.writeback_waits, 1);
     }
 
     pub fn evicted(&self, pages: u64) {
@@ -239,6 +247,7 @@ impl Counters {
         stats.pages_evicted = get(&self.evicted);
         stats.allocations_overlapped = get(&self.overlapped);
         stats.fills_overlapped = get(&self.overlapped_fills);
+        stats.writeback_waits = get(&self.writeback_waits);
         let time = |t: Timer| Duration::from_nanos(get(&self.timers[t as usize]));
         stats.store_read_time = time(Timer::StoreRead);
         stats.store_allocate_time = time(Timer::StoreAllocate);

@@ -287,6 +287,12 @@ impl Store for FileStore {
         Some(self)
     }
 
+    /// `write_at` hands `data` to `pwrite` and holds only the resize lock,
+    /// which neither `read_at` nor `allocate` takes.
+    fn writes_from_mapping(&self) -> bool {
+        true
+    }
+
     /// `SEEK_DATA` reports every byte of data (a filesystem without it
     /// reports the whole file), holes and unwritten extents read as zeros,
     /// and `fallocate` of a hole leaves zeros.

@@ -305,6 +305,28 @@ pub trait Store: Send + Sync {
     fn signal_safe(&self) -> Option<&dyn SignalSafe> {
         None
     }
+
+    /// Whether a flush may hand [`write_at`](Store::write_at) the mapping's
+    /// own memory instead of a copy of it (saving a copy of every page it
+    /// writes). `false` (the default) is always safe. Answer `true` only if
+    /// `write_at` reads `data` inside system calls alone (`pwrite`, ...),
+    /// so a page of it dropped from memory behind the mapping's back fails
+    /// the call with `EFAULT` or waits in the kernel for the fault service,
+    /// and holds no lock that [`read_at`](Store::read_at) or
+    /// [`allocate`](Store::allocate) take meanwhile (the fault service may
+    /// call them to serve that page). The pages stay write-protected while
+    /// the store reads them: writes to them wait. [`FileStore`] answers `true`.
+    ///
+    /// ```
+    /// use mkwrite::{FileStore, MemStore, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// assert!(!MemStore::new(4096, 8)?.writes_from_mapping()); // it copies under a lock
+    /// assert!(FileStore::create(dir.path().join("f"))?.writes_from_mapping());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn writes_from_mapping(&self) -> bool {
+        false
+    }
 }
 
 /// A store's reads and allocations as a signal handler may call them.
@@ -379,6 +401,9 @@ macro_rules! forward_store {
             }
             fn unallocated_reads_zero(&self) -> bool {
                 (**self).unallocated_reads_zero()
+            }
+            fn writes_from_mapping(&self) -> bool {
+                (**self).writes_from_mapping()
             }
         }
     };

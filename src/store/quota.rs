@@ -176,6 +176,10 @@ impl<S: Store> Store for QuotaStore<S> {
     fn unallocated_reads_zero(&self) -> bool {
         self.inner.unallocated_reads_zero()
     }
+
+    fn writes_from_mapping(&self) -> bool {
+        self.inner.writes_from_mapping()
+    }
 }
 
 #[cfg(test)]

@@ -75,6 +75,9 @@ impl<S: Store> Store for Unsynced<S> {
     fn unallocated_reads_zero(&self) -> bool {
         self.inner.unallocated_reads_zero()
     }
+    fn writes_from_mapping(&self) -> bool {
+        self.inner.writes_from_mapping()
+    }
     fn signal_safe(&self) -> Option<&dyn SignalSafe> {
         self.inner.signal_safe().map(|_| self as &dyn SignalSafe)
     }

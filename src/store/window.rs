@@ -138,6 +138,10 @@ impl<S: Store> Store for Window<S> {
     fn unallocated_reads_zero(&self) -> bool {
         self.inner.unallocated_reads_zero()
     }
+
+    fn writes_from_mapping(&self) -> bool {
+        self.inner.writes_from_mapping()
+    }
 }
 
 // SAFETY: shifts offsets and forwards to the inner store's signal-safe

@@ -268,6 +268,19 @@ impl Region {
         unsafe { std::slice::from_raw_parts(self.as_ptr(), len) }
     }
 
+    /// A shared view of `len` bytes from `offset`.
+    ///
+    /// # Safety
+    ///
+    /// * nothing may write these bytes (through the mapping's API or a raw
+    ///   pointer) while the returned slice lives.
+    pub(crate) unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        self.check(offset, len);
+        // SAFETY: in bounds (checked), the memory lives as long as `self`, and
+        // the caller promises no writer exists for the slice's lifetime.
+        unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset), len) }
+    }
+
     /// An exclusive view of `[0, len)`.
     ///
     /// # Safety
