@@ -72,8 +72,11 @@ pub(crate) struct Engine {
     pub attention: AtomicBool,
     /// Set while the service does not serve the mapping (closing, regrowing).
     pub stopping: AtomicBool,
-    /// Held by the service's worker serving this mapping; what waits.
-    pub serving: Mutex<Waiting>,
+    /// Held shared by each worker of the service serving this mapping
+    /// (several may at once), exclusively to stop serving it.
+    pub serving: RwLock<()>,
+    /// Its faults waiting for space, a writeback or their retry time.
+    pub waiting: Mutex<Waiting>,
     /// Sticky: set when serving the mapping failed; every later call reports it.
     pub handler_failure: Mutex<Option<String>>,
     /// Set with `handler_failure`, readable in a signal handler.
@@ -233,7 +236,7 @@ impl Engine {
     }
 
     pub fn lock_waiting(&self) -> MutexGuard<'_, Waiting> {
-        relock(self.serving.lock())
+        relock(self.waiting.lock())
     }
 
     /// The userfaultfd guarding the region (the service's).

@@ -2,9 +2,10 @@
 //! reads, follows the mapping's [`OnFull`](crate::OnFull) policy when the
 //! store is full (park, retry later, or fail), and fails an access that
 //! must fail the way the kernel's `mmap` fails it. `service.rs` decides
-//! which worker runs these and when; everything here runs with the
-//! mapping's `serving` lock held, so one mapping is served by one worker
-//! at a time.
+//! which worker runs these and when; several workers may serve one mapping
+//! at once (each holds its `serving` lock shared), so the faults waiting
+//! ([`Waiting`]) are behind a lock of their own, held only to look at them
+//! or change them, never across a fault's resolution.
 //!
 //! Nothing here lets a panic (in the resolver, the store, or the user's
 //! callback) go: the panic is caught, the faulting access fails, and the
@@ -48,6 +49,9 @@ const SPIN_WINDOW: Duration = Duration::from_millis(500);
 pub(crate) struct Waiting {
     parked: Vec<(Fault, u32, Instant)>,
     retries: Vec<(Fault, u32, Instant)>,
+    /// Bumped each time the parked faults are taken to try again: a fault
+    /// parked after a ring it did not see rings again ([`park`]).
+    rings: u64,
 }
 
 /// Whether a reported fault is one already waiting.
@@ -103,10 +107,11 @@ impl Waiting {
 }
 
 /// A fault the userfaultfd reported.
-pub(crate) fn reported(engine: &Engine, waiting: &mut Waiting, fault: Fault) {
+pub(crate) fn reported(engine: &Engine, fault: Fault) {
     engine.counters.fault(fault.write, fault.write_protect);
-    match waiting.holds(engine, &fault) {
-        Held::No => handle(engine, fault, 0, waiting),
+    let held = engine.lock_waiting().holds(engine, &fault);
+    match held {
+        Held::No => handle(engine, fault, 0),
         Held::Yes => {}
         Held::Spinning(parked) => fail_spinning_call(engine, &parked),
     }
@@ -115,9 +120,14 @@ pub(crate) fn reported(engine: &Engine, waiting: &mut Waiting, fault: Fault) {
 /// The mapping asked for attention: space may have been freed or a flush
 /// be done with pages (parked faults try again), or a signal handler
 /// handed a fault over.
-pub(crate) fn rung(engine: &Engine, waiting: &mut Waiting) {
-    for (f, _, _) in std::mem::take(&mut waiting.parked) {
-        handle(engine, f, 0, waiting);
+pub(crate) fn rung(engine: &Engine) {
+    let parked = {
+        let mut waiting = engine.lock_waiting();
+        waiting.rings += 1;
+        std::mem::take(&mut waiting.parked)
+    };
+    for (f, _, _) in parked {
+        handle(engine, f, 0);
     }
     let mut posted = Vec::new();
     engine
@@ -125,21 +135,30 @@ pub(crate) fn rung(engine: &Engine, waiting: &mut Waiting) {
         .take_posted(|slot, p| posted.push(handed_off(slot, p)));
     for f in posted {
         engine.counters.handed_off();
-        handle(engine, f, 0, waiting);
+        handle(engine, f, 0);
     }
 }
 
-/// Retries whose time has come, and fences whose system call has moved on;
-/// returns when the mapping next wants serving, if ever.
-pub(crate) fn tick(engine: &Engine, waiting: &mut Waiting) -> Option<Instant> {
+/// Retries whose time has come.
+pub(crate) fn retry_due(engine: &Engine) {
     let now = Instant::now();
-    let (due, later) = std::mem::take(&mut waiting.retries)
-        .into_iter()
-        .partition::<Vec<_>, _>(|&(_, _, at)| at <= now);
-    waiting.retries = later;
+    let due = {
+        let mut waiting = engine.lock_waiting();
+        let (due, later) = std::mem::take(&mut waiting.retries)
+            .into_iter()
+            .partition::<Vec<_>, _>(|&(_, _, at)| at <= now);
+        waiting.retries = later;
+        due
+    };
     for (f, attempt, _) in due {
-        handle(engine, f, attempt, waiting);
+        handle(engine, f, attempt);
     }
+}
+
+/// Lifts the fences whose system call has moved on; returns when the
+/// mapping next wants serving, if ever. Called with the waiting faults
+/// locked (`service.rs` writes the answer down before letting them go).
+pub(crate) fn next_due(engine: &Engine, waiting: &Waiting) -> Option<Instant> {
     let fence_check = match engine.lift_ended_fences() {
         Ok(next) => next.map(|after| Instant::now() + after),
         Err(e) => {
@@ -182,8 +201,9 @@ fn handed_off(slot: usize, posted: crate::handoff::Posted) -> Fault {
 }
 
 /// Resolves one fault, catching any panic on the way.
-fn handle(engine: &Engine, fault: Fault, attempt: u32, waiting: &mut Waiting) {
+fn handle(engine: &Engine, fault: Fault, attempt: u32) {
     let started = Instant::now();
+    let rings = engine.lock_waiting().rings;
     if let Some(why) = engine.handler_failure() {
         refuse(engine, &fault, Failure::Io(io::Error::other(why)));
         return;
@@ -206,22 +226,38 @@ fn handle(engine: &Engine, fault: Fault, attempt: u32, waiting: &mut Waiting) {
                 Ok(FullAction::Sigbus) => refuse(engine, &fault, Failure::Full(error)),
                 Ok(FullAction::Wait) => {
                     engine.counters.parked();
-                    waiting.park(fault);
+                    park(engine, fault, rings);
                 }
                 Ok(FullAction::Retry) => {
                     let delay = RETRY_FIRST.saturating_mul(1 << attempt.min(16)).min(RETRY_MAX);
-                    waiting.retries.push((fault, attempt + 1, Instant::now() + delay));
+                    engine
+                        .lock_waiting()
+                        .retries
+                        .push((fault, attempt + 1, Instant::now() + delay));
                 }
                 Err(panic) => failed(engine, &fault, panic),
             }
         }
         // The flush writing the page rings when it is done with it; waiting
         // here instead could hold up the fault its own write meets.
-        Ok(Err(Failure::InWriteback)) => waiting.park(fault),
+        Ok(Err(Failure::InWriteback)) => park(engine, fault, rings),
         Ok(Err(failure)) => refuse(engine, &fault, failure),
         Err(panic) => failed(engine, &fault, panic),
     }
     engine.counters.handler_time(started.elapsed());
+}
+
+/// Parks `fault` until the mapping is rung. A ring since `rings` (while
+/// another worker resolved this fault) took the parked faults before this
+/// one joined them: ring again, or it would wait for the next.
+fn park(engine: &Engine, fault: Fault, rings: u64) {
+    let mut waiting = engine.lock_waiting();
+    waiting.park(fault);
+    let missed = waiting.rings != rings;
+    drop(waiting);
+    if missed {
+        engine.ring();
+    }
 }
 
 /// Makes the faulting page ready under the flags lock, or says why not.

@@ -7,9 +7,10 @@
 //! one queued piece of work, or polls the userfaultfd and queues what it
 //! reads, while the others wait for the turn on a mutex, so a fault wakes
 //! one thread, not all of them) and serve their piece after giving the turn
-//! up. A mapping is served by one worker at a time (its `serving` lock), as
-//! its own thread did before; the pool grows when every worker is busy (a
-//! store call stuck on a network, a callback that blocks), up to
+//! up. Several workers may serve one mapping at once (each holds its
+//! `serving` lock shared), so two faults of one mapping resolve in
+//! parallel, as in-thread faults do; the pool grows when every worker is
+//! busy (a store call stuck on a network, a callback that blocks), up to
 //! [`MAX_WORKERS`].
 //! What is done for a mapping (resolve, park, retry, refuse) is `handler.rs`;
 //! this file only routes.
@@ -28,7 +29,7 @@ use std::time::Instant;
 
 use crate::engine::{Engine, relock};
 use crate::error::Result;
-use crate::handler::{self, Waiting};
+use crate::handler;
 use crate::sys::{self, Doorbell, Fault, RawMsg, Uffd};
 
 /// Workers a service starts with: one polls while one serves.
@@ -142,6 +143,7 @@ impl Service {
         let base = engine.region.base();
         relock(self.attached.write()).remove(&base);
         relock(self.due.lock()).remove(&base);
+        let _alone = relock(engine.serving.write());
         let mut waiting = engine.lock_waiting();
         handler::closing(engine, &mut waiting);
         engine.handoffs.close(libc::EIO);
@@ -190,9 +192,9 @@ impl Service {
                 let _ = self.spawn_worker();
             }
             match work {
-                Work::Fault(engine, fault) => self.serve(&engine, |e, w| handler::reported(e, w, fault)),
+                Work::Fault(engine, fault) => self.serve(&engine, |e| handler::reported(e, fault)),
                 Work::Rung(engine) => self.serve(&engine, handler::rung),
-                Work::Due(engine) => self.serve(&engine, |_, _| {}),
+                Work::Due(engine) => self.serve(&engine, |_| {}),
             }
             self.idle.fetch_add(1, Ordering::SeqCst);
         }
@@ -236,24 +238,31 @@ impl Service {
 
     /// Serves `engine` with `work`, then whatever its timers want; nothing
     /// once it is detached. No panic escapes: one fails that mapping only.
-    fn serve(&self, engine: &Arc<Engine>, work: impl FnOnce(&Engine, &mut Waiting)) {
-        let mut waiting = engine.lock_waiting();
+    fn serve(&self, engine: &Arc<Engine>, work: impl FnOnce(&Engine)) {
+        let _inside = relock(engine.serving.read());
         if engine.stopping.load(Ordering::SeqCst) {
             return;
         }
         let served = catch_unwind(AssertUnwindSafe(|| {
-            work(engine, &mut waiting);
+            work(engine);
             // Over its budget, the mapping evicts before this worker serves
             // on: faulting threads wait for room as they wait for the fault.
             if let Err(e) = engine.make_room() {
                 engine.record_fault_error(format!("evicting for the budget: {e}"));
             }
-            handler::tick(engine, &mut waiting)
+            handler::retry_due(engine);
         }));
-        let next = served.unwrap_or_else(|_| {
+        // The timetable is written with the waiting faults locked: of two
+        // workers serving the mapping, the one that writes last has seen
+        // every retry and fence the other left.
+        let waiting = engine.lock_waiting();
+        let next = match served {
+            Ok(()) => catch_unwind(AssertUnwindSafe(|| handler::next_due(engine, &waiting))).unwrap_or(None),
+            Err(_) => None,
+        };
+        if served.is_err() {
             engine.set_handler_failure("the fault service panicked".into());
-            None
-        });
+        }
         let mut due = relock(self.due.lock());
         let Some(at) = next else {
             due.remove(&engine.region.base());

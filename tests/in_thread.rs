@@ -97,13 +97,25 @@ const CASES: &[Case] = &[
     ),
     (
         "two_threads_faulting_different_pages_allocate_in_parallel",
-        two_threads_faulting_different_pages_allocate_in_parallel,
+        || two_threads_faulting_different_pages_allocate_in_parallel(Delivery::InThread),
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "two_threads_faulting_different_pages_allocate_in_parallel_handler_thread",
+        || two_threads_faulting_different_pages_allocate_in_parallel(Delivery::HandlerThread),
         End::Exit(0),
         Setup::Tmpfs,
     ),
     (
         "two_threads_faulting_different_pages_fill_in_parallel",
-        two_threads_faulting_different_pages_fill_in_parallel,
+        || two_threads_faulting_different_pages_fill_in_parallel(Delivery::InThread),
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "two_threads_faulting_different_pages_fill_in_parallel_handler_thread",
+        || two_threads_faulting_different_pages_fill_in_parallel(Delivery::HandlerThread),
         End::Exit(0),
         Setup::Tmpfs,
     ),
@@ -385,13 +397,14 @@ impl Store for Instrumented {
         self.inner.len()
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read_at(offset, buf)
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.met_in(Meet::InRead, || self.inner.read_at(offset, buf))
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.inner.write_at(offset, data)
     }
     fn allocate(&self, blocks: Range<u64>) -> std::io::Result<()> {
-        self.inner.allocate(blocks)
+        self.met_in(Meet::InAllocate, || self.inner.allocate(blocks))
     }
     fn deallocate(&self, blocks: Range<u64>) -> std::io::Result<()> {
         self.inner.deallocate(blocks)
@@ -622,12 +635,13 @@ fn at_once<T: Send + 'static>(
     threads.into_iter().map(|t| t.join().unwrap()).collect()
 }
 
-fn two_threads_faulting_different_pages_allocate_in_parallel() {
+/// In the faulting threads, or by two workers of the fault service at once.
+fn two_threads_faulting_different_pages_allocate_in_parallel(delivery: Delivery) {
     let path = dir().join("f");
     let inner = FileStore::create(&path).unwrap();
     inner.set_len(256 * PAGE as u64).unwrap();
     let store = Arc::new(Instrumented::new(inner, Meet::InAllocate));
-    let map = Arc::new(in_thread().map_store(store.clone()).unwrap());
+    let map = Arc::new(in_thread().delivery(delivery).map_store(store.clone()).unwrap());
     map.advise(Advice::Random, 0, 0).unwrap();
     // SAFETY: inside the file.
     at_once(&map, [3, 200], |at, page| unsafe { at.write(page as u8) });
@@ -637,7 +651,8 @@ fn two_threads_faulting_different_pages_allocate_in_parallel() {
         "the two allocations never overlapped: {stats:?}"
     );
     assert_eq!(stats.allocations_overlapped, 1, "{stats:?}");
-    assert_eq!(stats.faults_in_thread, 2, "{stats:?}");
+    assert_eq!(stats.faults_missing_write, 2, "{stats:?}");
+    assert_eq!(stats.faults_in_thread, in_thread_faults(delivery, 2), "{stats:?}");
     map.flush().unwrap();
     let file = read_file(&path);
     assert_eq!((file[3 * PAGE], file[200 * PAGE]), (3, 200));
@@ -647,12 +662,13 @@ fn two_threads_faulting_different_pages_allocate_in_parallel() {
 /// and copies its page in with the flags lock released, so the two reads
 /// are inside the store at once (the store's rendezvous sees it; under the
 /// lock the second would wait for the first, and they would not meet).
-fn two_threads_faulting_different_pages_fill_in_parallel() {
+/// With a handler thread, two workers serve the one mapping at once.
+fn two_threads_faulting_different_pages_fill_in_parallel(delivery: Delivery) {
     let path = dir().join("f");
     let data = pattern(7, 256 * PAGE);
     std::fs::write(&path, &data).unwrap();
     let store = Arc::new(Instrumented::new(FileStore::open(&path).unwrap(), Meet::InRead));
-    let map = Arc::new(in_thread().map_store(store.clone()).unwrap());
+    let map = Arc::new(in_thread().delivery(delivery).map_store(store.clone()).unwrap());
     map.advise(Advice::Random, 0, 0).unwrap();
     // SAFETY: inside the file.
     let seen = at_once(&map, [3, 200], |at, _| unsafe { at.add(5).read_volatile() });
@@ -663,9 +679,18 @@ fn two_threads_faulting_different_pages_fill_in_parallel() {
         "the two fills never overlapped: {stats:?}"
     );
     assert_eq!(stats.fills_overlapped, 1, "{stats:?}");
-    assert_eq!(stats.faults_in_thread, 2, "{stats:?}");
+    assert_eq!(stats.faults_missing_read, 2, "{stats:?}");
+    assert_eq!(stats.faults_in_thread, in_thread_faults(delivery, 2), "{stats:?}");
     assert_eq!(store.reads.load(Ordering::SeqCst), 2);
     map.check_invariants().unwrap();
+}
+
+/// The faults of `faults` resolved in-thread under `delivery`.
+fn in_thread_faults(delivery: Delivery, faults: u64) -> u64 {
+    match delivery {
+        Delivery::InThread => faults,
+        _ => 0,
+    }
 }
 
 /// Sequential writers up to EOF under both deliveries: allocation and
