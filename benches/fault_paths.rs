@@ -24,6 +24,7 @@ const SUBJECTS: [(&str, Subject); 3] = [
         Subject::Mkwrite {
             block: 4096,
             in_thread: false,
+            kernel_dirty: false,
         },
     ),
     (
@@ -31,6 +32,7 @@ const SUBJECTS: [(&str, Subject); 3] = [
         Subject::Mkwrite {
             block: 4096,
             in_thread: true,
+            kernel_dirty: false,
         },
     ),
     ("kernel", Subject::Kernel),

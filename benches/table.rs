@@ -61,14 +61,35 @@ const SMOKE: Size = Size {
 const MK: Subject = Subject::Mkwrite {
     block: 4096,
     in_thread: false,
+    kernel_dirty: false,
 };
 /// mkwrite with faults resolved in the faulting thread (`Delivery::InThread`).
 const MK_IN: Subject = Subject::Mkwrite {
     block: 4096,
     in_thread: true,
+    kernel_dirty: false,
 };
 /// The fault rows run once per delivery; this suffix names the in-thread one.
 const DELIVERIES: [(Subject, &str); 2] = [(MK, ""), (MK_IN, ", in-thread")];
+/// mkwrite with dirty pages tracked by the kernel (`DirtyTracking::Kernel`), per delivery.
+const KERNEL_DIRTY: [(Subject, &str); 2] = [
+    (
+        Subject::Mkwrite {
+            block: 4096,
+            in_thread: false,
+            kernel_dirty: true,
+        },
+        ", kernel dirty tracking",
+    ),
+    (
+        Subject::Mkwrite {
+            block: 4096,
+            in_thread: true,
+            kernel_dirty: true,
+        },
+        ", kernel dirty tracking, in-thread",
+    ),
+];
 const KERNEL: Subject = Subject::Kernel;
 
 /// One row: mkwrite's run, the kernel's run.
@@ -234,7 +255,7 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
             );
         }
     }
-    for (mk, tag) in DELIVERIES {
+    for (mk, tag) in DELIVERIES.into_iter().chain(KERNEL_DIRTY) {
         row(
             format!("3. re-dirty after flush{tag}"),
             &mut || workloads::redirty(dir, mk, n),
@@ -248,6 +269,12 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
             &mut || workloads::flush(dir, KERNEL, n, dirty),
         );
     }
+    // The kernel tracking writes: the flush scans for them and writes from copies.
+    row(
+        format!("4. flush of {n} dirty pages (per page), kernel dirty tracking"),
+        &mut || workloads::flush(dir, KERNEL_DIRTY[0].0, n, n),
+        &mut || workloads::flush(dir, KERNEL, n, n),
+    );
     row(
         "5. resident 8-byte store + load".into(),
         &mut || workloads::resident(dir, MK, n),
@@ -280,6 +307,7 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
         let sub = Subject::Mkwrite {
             block,
             in_thread: false,
+            kernel_dirty: false,
         };
         row(
             format!("8. first write, sequential, {} KiB blocks", block >> 10),

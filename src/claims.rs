@@ -420,10 +420,19 @@ impl Engine {
         access: Access,
         ahead_asked: &mut bool,
     ) -> Option<(Range<u64>, Range<u64>)> {
-        if access != Access::Write || flags.past_eof(page) || flags.residency(page) == Residency::Writable {
+        // With the kernel tracking writes a page comes in with its blocks
+        // (`kernel_dirty.rs`): a read allocates them too, just the page's own.
+        let allocates = match access {
+            Access::Write => flags.residency(page) != Residency::Writable,
+            Access::Read => self.kernel_dirty && flags.residency(page) == Residency::Absent,
+        };
+        if !allocates || flags.past_eof(page) {
             return None;
         }
         let own = flags.missing_blocks(page)?;
+        if access == Access::Read {
+            return Some((own.clone(), own));
+        }
         if std::mem::replace(ahead_asked, true) {
             return Some((own.clone(), own));
         }

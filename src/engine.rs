@@ -47,6 +47,9 @@ pub(crate) struct Engine {
     pub owner: u32,
     /// Nothing may be written: the memory is read-only and so is the store.
     pub read_only: bool,
+    /// The kernel tracks writes to resident pages (`kernel_dirty.rs`): no
+    /// page is resident without its blocks, and a flush scans for writes.
+    pub kernel_dirty: bool,
     /// Sequential readers and writers, to work ahead of them (taken after `flags`).
     pub streams: Mutex<Streams>,
     /// The buffers fills read into, one per fill in flight: room for the
@@ -376,6 +379,10 @@ impl Engine {
     ) -> Result<Ready, Failure> {
         match (flags.residency(page), access) {
             (Residency::Absent, Access::Read) => {
+                if self.kernel_dirty {
+                    // Nothing will stop a write once the page is in (`kernel_dirty.rs`).
+                    self.allocate_own(flags, page, calls)?;
+                }
                 let (ahead, around, stream) = {
                     let mut streams = relock(self.streams.lock());
                     let ahead = streams.read_fault(page);
@@ -422,6 +429,14 @@ impl Engine {
             (Residency::Protected, Access::Read) | (Residency::Writable, _) => {
                 Ok(Ready::Done(Resolved::AlreadyReady))
             }
+        }
+    }
+
+    /// Allocates the blocks of `page` below EOF that it lacks, alone.
+    fn allocate_own(&self, flags: &mut Flags, page: u64, calls: StoreCalls<'_>) -> Result<(), Failure> {
+        match flags.missing_blocks(page) {
+            Some(own) => self.allocate_with(flags, own, calls),
+            None => Ok(()),
         }
     }
 
@@ -582,8 +597,9 @@ impl Engine {
     }
 
     /// Whether the fill of a fault may take page `p` along: absent, below
-    /// EOF, neither poisoned, fenced nor being filled, and for writing, its
-    /// blocks held and no flush writing it (it vanished in writeback).
+    /// EOF, neither poisoned, fenced nor being filled; for writing (or at
+    /// all, when the kernel tracks writes) its blocks held; for writing, no
+    /// flush writing it (it vanished in writeback).
     fn fillable(&self, flags: &Flags, p: u64, writable: bool) -> bool {
         p < self.geo.pages()
             && !flags.past_eof(p)
@@ -591,7 +607,8 @@ impl Engine {
             && !flags.is_poisoned(p)
             && !flags.claims.filling(p)
             && !self.is_fenced(p)
-            && (!writable || (flags.missing_blocks(p).is_none() && !flags.in_writeback(p)))
+            && (!(writable || self.kernel_dirty) || flags.missing_blocks(p).is_none())
+            && (!writable || !flags.in_writeback(p))
     }
 
     /// The run of fillable pages within `group` holding `page`, for a read
@@ -679,7 +696,12 @@ impl Engine {
         Ok(())
     }
 
-    fn vanished(&self, flags: &mut Flags, page: u64) {
+    /// The resident `page` is gone from memory; with the kernel tracking
+    /// writes nothing says whether it was written, so it counts as lost.
+    pub fn vanished(&self, flags: &mut Flags, page: u64) {
+        if self.kernel_dirty {
+            flags.redirty(page);
+        }
         if flags.is_dirty(page) {
             self.counters.discarded();
         }

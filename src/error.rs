@@ -120,6 +120,15 @@ pub enum Error {
     #[error("the kernel lacks {0}: mkwrite needs Linux 5.7 or later for write-protect on anonymous memory")]
     MissingFeature(&'static str),
 
+    /// What was asked for cannot be kept safe under
+    /// [`DirtyTracking::Kernel`](crate::DirtyTracking::Kernel), where the
+    /// kernel lets writes through without asking mkwrite: blocks smaller
+    /// than a page, a [`Budget`](crate::Budget), or
+    /// [`Mapping::evict`](crate::Mapping::evict). Nothing was done; open the
+    /// mapping with `DirtyTracking::Faults` for these.
+    #[error("{0} is not supported with DirtyTracking::Kernel (use DirtyTracking::Faults); nothing was done")]
+    NotWithKernelDirtyTracking(&'static str),
+
     /// The mapping was opened read-only; it cannot be written, resized or punched.
     #[error("the mapping is read-only (opened with `read_only(true)`)")]
     ReadOnlyMapping,
@@ -244,7 +253,7 @@ impl Error {
             }
             Error::ReadOnly { .. } => libc::EACCES,
             Error::ReadOnlyMapping => libc::EBADF,
-            Error::MissingFeature(_) => libc::ENOTSUP,
+            Error::MissingFeature(_) | Error::NotWithKernelDirtyTracking(_) => libc::ENOTSUP,
             Error::Forked { .. } => libc::EPERM,
             Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             _ => libc::EIO,
@@ -302,7 +311,7 @@ impl Error {
             Error::Open { source, .. } => source.kind(),
             Error::ReadOnly { .. } | Error::ReadOnlyMapping => io::ErrorKind::PermissionDenied,
             Error::Userfaultfd { source, .. } => source.kind(),
-            Error::MissingFeature(_) => io::ErrorKind::Unsupported,
+            Error::MissingFeature(_) | Error::NotWithKernelDirtyTracking(_) => io::ErrorKind::Unsupported,
             Error::HandlerFailed(_)
             | Error::LengthChanged { .. }
             | Error::Forked { .. }

@@ -26,7 +26,7 @@ pub fn anonymous_first_touch(pages: usize) -> io::Result<Duration> {
 /// `UFFDIO_WRITEPROTECT` (`write_protect`). Only the touches are timed.
 pub fn userfaultfd_write(pages: usize, write_protect: bool) -> io::Result<Duration> {
     let page = sys::page_size() as usize;
-    let uffd = Arc::new(Uffd::open(false, false, false).map_err(io::Error::from)?);
+    let uffd = Arc::new(Uffd::open(false, false, false, false).map_err(io::Error::from)?);
     let region = Arc::new(Region::reserve(pages * page, false)?);
     uffd.register(region.base(), region.len() as u64, false)
         .map_err(io::Error::from)?;

@@ -83,7 +83,9 @@ impl Engine {
         // One flush at a time: a page another flush has taken but not yet
         // synced must not let this one return early.
         let _serial = self.flush_serial();
-        let source = match self.store.writes_from_mapping() {
+        // With the kernel tracking writes, writers cannot be held off a page
+        // in writeback: write from copies.
+        let source = match self.store.writes_from_mapping() && !self.kernel_dirty {
             true => Source::Mapping,
             false => Source::Copies,
         };
@@ -105,6 +107,9 @@ impl Engine {
         // A page a fill installed writable may hold writes before the fill
         // records it dirty; wait for such fills in flight now.
         self.wait_for_writable_fills();
+        for pages in runs {
+            self.collect_written(pages.clone())?;
+        }
         let mut taken: Vec<u64> = Vec::new();
         let mut written = 0u64;
         let result = self.write_runs(runs, source, &mut taken, &mut written);

@@ -311,7 +311,11 @@ fn refuse(engine: &Engine, fault: &Fault, why: Failure) {
     let (offset, page, access) = locate(engine, fault);
     let message = match &why {
         Failure::PastEof => format!("access at {offset} is past the end of the file"),
-        Failure::Full(e) => format!("write at {offset}: {e}"),
+        Failure::Full(e) => match access {
+            Access::Write => format!("write at {offset}: {e}"),
+            // Kernel dirty tracking: a page comes in with its blocks (`kernel_dirty.rs`).
+            Access::Read => format!("read at {offset} (allocating its page's blocks): {e}"),
+        },
         Failure::Io(e) => format!("fault at {offset}: {e}"),
         Failure::HandOff(errno) => format!("fault at {offset}: {}", io::Error::from_raw_os_error(*errno)),
         Failure::InWriteback => format!("write at {offset}: the page is being flushed"),

@@ -116,6 +116,7 @@ mod handoff;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)] // registers an engine's address with the registry
 mod in_thread;
+mod kernel_dirty;
 mod mapping;
 mod options;
 mod raw;
@@ -140,7 +141,7 @@ pub use budget::Budget;
 pub use error::{Error, PartialError, Result};
 pub use geometry::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, check_block_size};
 pub use mapping::Mapping;
-pub use options::{DEFAULT_CAPACITY, Delivery, FullAction, FullFault, MappingOptions, OnFull};
+pub use options::{DEFAULT_CAPACITY, Delivery, DirtyTracking, FullAction, FullFault, MappingOptions, OnFull};
 pub use raw::RawMemory;
 pub use stats::Stats;
 pub use store::{FileStore, MemStore, NbdOptions, NbdStore, QuotaStore, Store};

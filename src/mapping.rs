@@ -12,7 +12,7 @@ use crate::error::{Error, PartialError, Result};
 use crate::flags::Flags;
 use crate::geometry::{Geometry, check_block_size};
 use crate::handoff::Handoffs;
-use crate::options::{DEFAULT_CAPACITY, Delivery, MappingOptions};
+use crate::options::{DEFAULT_CAPACITY, Delivery, DirtyTracking, MappingOptions};
 use crate::raw::RawMemory;
 use crate::stats::{Counters, Stats};
 use crate::store::Store;
@@ -138,9 +138,19 @@ impl Mapping {
         };
         let geo = Geometry::new(sys::page_size(), block, capacity).ok_or_else(too_large)?;
         let size = usize::try_from(geo.capacity).map_err(|_| too_large())?;
+        let kernel_dirty = opts.dirty_tracking == DirtyTracking::Kernel && !opts.read_only;
+        if kernel_dirty {
+            crate::kernel_dirty::check_options(block, opts.budget.is_some())?;
+        }
         let allocated = store.allocated()?;
         let in_thread = opts.delivery == Delivery::InThread;
-        let service = crate::service::shared(opts.uffd_fallback, in_thread, opts.uffd_user_mode_only)?;
+        let service = crate::service::shared(crate::service::Kind {
+            fallback: opts.uffd_fallback,
+            sigbus: in_thread,
+            user_mode_only: opts.uffd_user_mode_only,
+            wp_async: kernel_dirty,
+        })?;
+        let kernel_dirty = service.uffd.wp_async();
         let region = Region::reserve(size, opts.read_only).map_err(|source| match source.raw_os_error() {
             Some(libc::ENOMEM) => Error::CapacityUnavailable { capacity, source },
             _ => Error::Io(source),
@@ -171,6 +181,7 @@ impl Mapping {
             fences: Mutex::default(),
             owner: sys::process_id(),
             read_only: opts.read_only,
+            kernel_dirty,
             streams: Mutex::default(),
             fill_buffers,
             layout: RwLock::new(()),
@@ -213,6 +224,24 @@ impl Mapping {
         match self.engine.uffd().raises_sigbus() {
             true => Delivery::InThread,
             false => Delivery::HandlerThread,
+        }
+    }
+
+    /// Who finds the pages written since the last flush: what
+    /// [`MappingOptions::dirty_tracking`] asked for, or
+    /// [`DirtyTracking::Faults`] where the kernel cannot track them itself
+    /// (before Linux 6.7) and for a read-only mapping.
+    ///
+    /// ```
+    /// use mkwrite::{DirtyTracking, MappingOptions, MemStore};
+    /// let map = MappingOptions::new().map_store(MemStore::new(4096, 16)?)?;
+    /// assert_eq!(map.dirty_tracking(), DirtyTracking::Faults);
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
+    pub fn dirty_tracking(&self) -> DirtyTracking {
+        match self.engine.kernel_dirty {
+            true => DirtyTracking::Kernel,
+            false => DirtyTracking::Faults,
         }
     }
 
@@ -871,9 +900,15 @@ impl Mapping {
     ///
     /// # Errors
     ///
-    /// The kernel's failure to drop the memory (`madvise`) as [`Error::Io`].
+    /// The kernel's failure to drop the memory (`madvise`) as [`Error::Io`];
+    /// [`Error::NotWithKernelDirtyTracking`] under
+    /// [`DirtyTracking::Kernel`] (a write between finding a page clean and
+    /// dropping it would be lost), with nothing dropped.
     pub fn evict(&self) -> Result<()> {
         self.usable()?;
+        if self.engine.kernel_dirty {
+            return Err(Error::NotWithKernelDirtyTracking("Mapping::evict"));
+        }
         self.engine.evict()
     }
 

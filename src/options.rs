@@ -242,6 +242,54 @@ pub enum Delivery {
     InThread,
 }
 
+/// Who finds the pages written since the last flush; see
+/// [`MappingOptions::dirty_tracking`](crate::MappingOptions::dirty_tracking).
+///
+/// ```
+/// use mkwrite::{DirtyTracking, MappingOptions};
+/// # let dir = tempfile::tempdir()?;
+/// let map = MappingOptions::new()
+///     .dirty_tracking(DirtyTracking::Kernel)
+///     .create(true)
+///     .open(dir.path().join("data.db"))?;
+/// map.set_len(4096)?;
+/// map.write(0, b"once")?; // allocates the page's blocks, as always
+/// map.flush()?;
+/// // SAFETY: inside the file, and no reference to these bytes is alive.
+/// unsafe { map.as_ptr().write(b'O') }; // no fault: the kernel notes the write
+/// map.flush()?; // finds the page written, and writes it
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DirtyTracking {
+    /// Every first write to a clean page faults, and the fault marks it
+    /// dirty: a write after a flush costs a fault (a few µs in-thread, tens
+    /// with a handler thread). Everything is supported.
+    #[default]
+    Faults,
+    /// The kernel resolves write faults on pages whose blocks are held
+    /// (`UFFD_FEATURE_WP_ASYNC`, Linux 6.7+) and a flush asks it which pages
+    /// were written (`PAGEMAP_SCAN`): a write after a flush costs no fault.
+    /// The rule that no write lands without its blocks holds because no
+    /// page is in memory without them: the first *read* of a page whose
+    /// blocks are not allocated allocates them (so reading a hole uses
+    /// space, and a full store fails that read by the [`OnFull`] policy).
+    ///
+    /// What cannot be kept safe without stopping writers (the kernel lets
+    /// them through) is refused with
+    /// [`Error::NotWithKernelDirtyTracking`](crate::Error::NotWithKernelDirtyTracking):
+    /// blocks smaller than a page, a [`Budget`](crate::Budget), and
+    /// [`Mapping::evict`](crate::Mapping::evict). And a page dropped behind
+    /// the mapping's back (`madvise(MADV_DONTNEED)`) is reported lost
+    /// ([`Error::Discarded`](crate::Error::Discarded)) even if it was clean,
+    /// since nothing says whether it was written.
+    ///
+    /// On a kernel without `WP_ASYNC` the mapping tracks by faults instead;
+    /// [`Mapping::dirty_tracking`](crate::Mapping::dirty_tracking) says which it got.
+    Kernel,
+}
+
 /// Default capacity when none is given: room to grow without remapping.
 /// A file longer than it gets its own length.
 ///
@@ -282,6 +330,7 @@ pub struct MappingOptions {
     pub(crate) len: Option<u64>,
     pub(crate) delivery: Delivery,
     pub(crate) budget: Option<crate::Budget>,
+    pub(crate) dirty_tracking: DirtyTracking,
 }
 
 impl Default for MappingOptions {
@@ -298,6 +347,7 @@ impl Default for MappingOptions {
             len: None,
             delivery: Delivery::default(),
             budget: None,
+            dirty_tracking: DirtyTracking::default(),
         }
     }
 }
@@ -379,6 +429,25 @@ impl MappingOptions {
     /// ```
     pub fn delivery(&mut self, delivery: Delivery) -> &mut Self {
         self.delivery = delivery;
+        self
+    }
+
+    /// Who finds the pages written since the last flush: faults
+    /// ([`DirtyTracking::Faults`], the default: every write after a flush
+    /// faults once) or the kernel ([`DirtyTracking::Kernel`]: such writes
+    /// cost nothing, with the limits that variant lists).
+    ///
+    /// ```
+    /// use mkwrite::{Budget, DirtyTracking, Error, MappingOptions, MemStore};
+    /// let refused = MappingOptions::new()
+    ///     .dirty_tracking(DirtyTracking::Kernel)
+    ///     .budget(&Budget::new(1 << 20))
+    ///     .map_store(MemStore::new(4096, 16)?);
+    /// assert!(matches!(refused, Err(Error::NotWithKernelDirtyTracking(_))));
+    /// # Ok::<(), mkwrite::Error>(())
+    /// ```
+    pub fn dirty_tracking(&mut self, tracking: DirtyTracking) -> &mut Self {
+        self.dirty_tracking = tracking;
         self
     }
 

@@ -24,6 +24,12 @@ impl Engine {
         self.uffd()
             .register(region.base(), region.len() as u64, self.read_only)?;
         self.lift_all_fences()?;
+        // Writes the kernel let through are dirty only in its page tables,
+        // which the copies below do not carry over: into the flags first.
+        if let Err(e) = self.collect_written(0..self.geo.pages()) {
+            let _ = self.uffd().unregister(region.base(), region.len() as u64);
+            return Err(e.into());
+        }
         // Take the flags out, so copying can update them; on an error they go
         // back as they are (still right for the old memory, which stays).
         let taken = crate::flags::Flags::new(self.geo, 0, &[]).map(|placeholder| {

@@ -54,8 +54,7 @@ impl Engine {
         }
         let tail = within..(new - page * self.geo.page).min(self.geo.page);
         if !self.is_zero(flags, page, &tail)? {
-            let tail = tail.start as usize..tail.end as usize;
-            self.rewrite(flags, page, false, |buf| buf[tail].fill(0))?;
+            self.zero_within(flags, page, tail.start as usize..tail.end as usize, false)?;
         }
         Ok(())
     }
@@ -66,17 +65,21 @@ impl Engine {
         self.store.set_len(new)?;
         self.set_eof(flags, new);
         flags.forget_allocated(new.div_ceil(self.geo.block)..u64::MAX);
-        let dead = flags.resident_pages(
-            new.div_ceil(self.geo.page)..old.div_ceil(self.geo.page),
-            |_, _| true,
-        );
+        let gone = new.div_ceil(self.geo.page)..old.div_ceil(self.geo.page);
+        let dead = flags.resident_pages(gone.clone(), |_, _| true);
         self.discard(flags, &dead)?;
+        if self.kernel_dirty && !gone.is_empty() {
+            // Absent pages there may carry the write-protect markers of a
+            // scan (`kernel_dirty.rs`); an access past EOF must find none.
+            let len = ((gone.end - gone.start) * self.geo.page) as usize;
+            self.region.discard(self.page_offset(gone.start), len)?;
+        }
         let page = self.geo.page_of(new);
         let within = new % self.geo.page;
         if within != 0 && flags.residency(page) != Residency::Absent {
             let tail = within..self.geo.page;
             if !self.is_zero(flags, page, &tail)? {
-                self.rewrite(flags, page, false, |buf| buf[within as usize..].fill(0))?;
+                self.zero_within(flags, page, within as usize..self.geo.page as usize, false)?;
             }
         }
         self.space_freed()
@@ -145,7 +148,7 @@ impl Engine {
             return Ok(());
         }
         let local = (part.start - bytes.start) as usize..(part.end - bytes.start) as usize;
-        self.rewrite(flags, page, touches_data, |buf| buf[local].fill(0))?;
+        self.zero_within(flags, page, local, touches_data)?;
         Ok(())
     }
 

@@ -41,10 +41,16 @@ const MAX_WORKERS: usize = 16;
 /// What a service's userfaultfd was opened with; mappings that ask for the
 /// same share it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Kind {
-    fallback: bool,
-    sigbus: bool,
-    user_mode_only: bool,
+pub(crate) struct Kind {
+    /// Fall back to a user-mode-only userfaultfd if need be.
+    pub fallback: bool,
+    /// Faults raise SIGBUS in the faulting thread (in-thread delivery).
+    pub sigbus: bool,
+    /// Only a user-mode-only userfaultfd.
+    pub user_mode_only: bool,
+    /// Write-protect faults resolved by the kernel, where it can
+    /// ([`DirtyTracking::Kernel`](crate::DirtyTracking::Kernel)).
+    pub wp_async: bool,
 }
 
 /// One piece of a worker's work: a mapping and what it needs.
@@ -90,12 +96,7 @@ static SERVICES: Mutex<Vec<Arc<Service>>> = Mutex::new(Vec::new());
 /// on first use. (A child forked while another thread held this lock would
 /// wait forever here, as with any library's lock; POSIX allows a
 /// multithreaded program's child only async-signal-safe calls.)
-pub(crate) fn shared(fallback: bool, sigbus: bool, user_mode_only: bool) -> Result<Arc<Service>> {
-    let kind = Kind {
-        fallback,
-        sigbus,
-        user_mode_only,
-    };
+pub(crate) fn shared(kind: Kind) -> Result<Arc<Service>> {
     let pid = sys::process_id();
     let mut services = relock(SERVICES.lock());
     if services.first().is_some_and(|s| s.owner != pid) {
@@ -108,7 +109,7 @@ pub(crate) fn shared(fallback: bool, sigbus: bool, user_mode_only: bool) -> Resu
         return Ok(Arc::clone(service));
     }
     let service = Arc::new(Service {
-        uffd: Uffd::open(fallback, sigbus, user_mode_only)?,
+        uffd: Uffd::open(kind.fallback, kind.sigbus, kind.user_mode_only, kind.wp_async)?,
         doorbell: Doorbell::new()?,
         kind,
         owner: pid,
@@ -327,11 +328,27 @@ mod tests {
 
     #[test]
     fn mappings_of_one_kind_share_one_service() {
-        let a = shared(true, false, false).unwrap();
-        let b = shared(true, false, false).unwrap();
+        let kind = Kind {
+            fallback: true,
+            sigbus: false,
+            user_mode_only: false,
+            wp_async: false,
+        };
+        let a = shared(kind).unwrap();
+        let b = shared(kind).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert!(a.worker_count() >= MIN_WORKERS);
-        let c = shared(true, true, false).unwrap();
+        let c = shared(Kind { sigbus: true, ..kind }).unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
+        let d = shared(Kind {
+            wp_async: true,
+            ..kind
+        })
+        .unwrap();
+        assert!(!Arc::ptr_eq(&a, &d));
+        assert!(
+            d.uffd.wp_async() && !a.uffd.wp_async(),
+            "Linux 6.18 offers WP_ASYNC"
+        );
     }
 }

@@ -58,6 +58,10 @@ pub struct Stats {
     /// Dirty pages found dropped from memory behind the mapping's back
     /// (`madvise`); their unflushed bytes are reported by the next flush.
     pub pages_discarded: u64,
+    /// Clean pages the kernel reported written, found by flushes under
+    /// [`DirtyTracking::Kernel`](crate::DirtyTracking::Kernel): writes that
+    /// took no fault.
+    pub pages_found_written: u64,
     /// Completed flushes.
     pub flushes: u64,
     /// Bytes written to the store by flushes.
@@ -119,6 +123,7 @@ pub(crate) struct Counters {
     poisoned: AtomicU64,
     fenced: AtomicU64,
     discarded: AtomicU64,
+    found_written: AtomicU64,
     flushes: AtomicU64,
     bytes_flushed: AtomicU64,
     handler_nanos: AtomicU64,
@@ -203,6 +208,10 @@ impl Counters {
         bump(&self.discarded, 1);
     }
 
+    pub fn found_written(&self) {
+        bump(&self.found_written, 1);
+    }
+
     pub fn flushed(&self, bytes: u64) {
         bump(&self.flushes, 1);
         bump(&self.bytes_flushed, bytes);
@@ -238,6 +247,7 @@ impl Counters {
         stats.faults_poisoned = get(&self.poisoned);
         stats.faults_fenced = get(&self.fenced);
         stats.pages_discarded = get(&self.discarded);
+        stats.pages_found_written = get(&self.found_written);
         stats.flushes = get(&self.flushes);
         stats.bytes_flushed = get(&self.bytes_flushed);
         stats.handler_time = Duration::from_nanos(get(&self.handler_nanos));

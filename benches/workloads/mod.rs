@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mkwrite::{Delivery, Mapping, MappingOptions, NbdOptions, Stats, Store};
+use mkwrite::{Delivery, DirtyTracking, Mapping, MappingOptions, NbdOptions, Stats, Store};
 
 pub const PAGE: usize = 4096;
 
@@ -24,8 +24,13 @@ pub const PAGE: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subject {
     /// mkwrite over a `FileStore` with this block size, its faults
-    /// resolved in the faulting thread when `in_thread`.
-    Mkwrite { block: u64, in_thread: bool },
+    /// resolved in the faulting thread when `in_thread`, its dirty pages
+    /// tracked by the kernel (`DirtyTracking::Kernel`) when `kernel_dirty`.
+    Mkwrite {
+        block: u64,
+        in_thread: bool,
+        kernel_dirty: bool,
+    },
     /// The kernel's `mmap(MAP_SHARED)` of the file.
     Kernel,
 }
@@ -41,13 +46,22 @@ impl Mapped {
     /// Maps the file at `path` (created if missing), with room for `capacity` bytes.
     pub fn open(subject: Subject, path: &Path, capacity: u64) -> Mapped {
         match subject {
-            Subject::Mkwrite { block, in_thread } => {
+            Subject::Mkwrite {
+                block,
+                in_thread,
+                kernel_dirty,
+            } => {
                 let delivery = match in_thread {
                     true => Delivery::InThread,
                     false => Delivery::HandlerThread,
                 };
+                let tracking = match kernel_dirty {
+                    true => DirtyTracking::Kernel,
+                    false => DirtyTracking::Faults,
+                };
                 let map = MappingOptions::new()
                     .delivery(delivery)
+                    .dirty_tracking(tracking)
                     .capacity(capacity)
                     .block_size(block)
                     .create(true)

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// An anonymous, private, `MAP_NORESERVE` reservation of `len` bytes.
 ///
@@ -22,20 +22,16 @@ pub(crate) struct Region {
 }
 
 /// The process's `/proc/self/mem`, opened once and shared by every region
-/// (a mapping costs no descriptor for it). Kept with the process that opened
-/// it: in a forked child the inherited descriptor reads the parent's memory.
+/// (a mapping costs no descriptor for it): read-write, or read-only where
+/// writing is refused.
 fn proc_self_mem() -> Option<Arc<File>> {
-    static MEM: Mutex<Option<(u32, Arc<File>)>> = Mutex::new(None);
-    let pid = super::process_id();
-    let mut mem = MEM.lock().unwrap_or_else(|e| e.into_inner());
-    match &*mem {
-        Some((owner, file)) if *owner == pid => Some(Arc::clone(file)),
-        _ => {
-            let file = Arc::new(File::options().read(true).open("/proc/self/mem").ok()?);
-            *mem = Some((pid, Arc::clone(&file)));
-            Some(file)
-        }
-    }
+    static MEM: super::OwnFile = super::OwnFile::new();
+    MEM.get(|| {
+        let path = "/proc/self/mem";
+        let file = File::options().read(true).write(true).open(path);
+        file.or_else(|_| File::options().read(true).open(path))
+    })
+    .ok()
 }
 
 /// What threads may do with a range of the region, as `mprotect(2)` sets it.
@@ -227,6 +223,32 @@ impl Region {
             }
         }
         Ok(done)
+    }
+
+    /// Writes `data` into the region at `offset` without ever faulting, as
+    /// [`read_resident`](Self::read_resident) reads: false if a page it
+    /// covers is not in memory (nothing is written from that page on). A
+    /// write-protected page takes the write only where the kernel resolves
+    /// write-protect faults itself (`UFFD_FEATURE_WP_ASYNC`); elsewhere the
+    /// caller must have made the pages writable.
+    pub(crate) fn write_resident(&self, offset: usize, data: &[u8]) -> io::Result<bool> {
+        self.check(offset, data.len());
+        let Some(mem) = &self.mem else {
+            return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+        };
+        let mut done = 0;
+        while done < data.len() {
+            match mem.write_at(&data[done..], self.base() + (offset + done) as u64) {
+                Ok(0) => return Ok(false),
+                Ok(n) => done += n,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EFAULT)) => {
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 
     /// Whether the page at `offset` is in memory right now.

@@ -6,6 +6,7 @@ mod futex;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod guard;
 mod memory;
+mod pagemap;
 mod signal;
 mod thread;
 mod uffd;
@@ -18,14 +19,17 @@ pub(crate) use file::{
 pub(crate) use fill_buffers::{FillBuffer, FillBuffers};
 pub(crate) use futex::{futex_wait, futex_wake_all, thread_id, yield_now};
 pub(crate) use memory::{Access, Region};
+pub(crate) use pagemap::take_written;
 pub(crate) use signal::send_sigbus;
 pub(crate) use thread::{ThreadState, process_id, thread_state};
 pub use uffd::UffdOrigin;
 pub(crate) use uffd::{Fault, RawMsg, Uffd};
 pub(crate) use zeroed::ZeroedWords;
 
+use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -35,6 +39,34 @@ pub(crate) fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(size).expect("page size is positive")
+}
+
+/// A file of `/proc/self` opened once per process and shared. Kept with
+/// the process that opened it: in a forked child the inherited descriptor
+/// would describe the parent, so the child opens its own.
+pub(crate) struct OwnFile(Mutex<Option<(u32, Arc<File>)>>);
+
+impl OwnFile {
+    pub(crate) const fn new() -> OwnFile {
+        OwnFile(Mutex::new(None))
+    }
+
+    /// The file, opened by `open` on first use in this process.
+    pub(crate) fn get(
+        &self,
+        open: impl FnOnce() -> io::Result<std::fs::File>,
+    ) -> io::Result<std::sync::Arc<std::fs::File>> {
+        let pid = process_id();
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &*held {
+            Some((owner, file)) if *owner == pid => Ok(Arc::clone(file)),
+            _ => {
+                let file = Arc::new(open()?);
+                *held = Some((pid, Arc::clone(&file)));
+                Ok(file)
+            }
+        }
+    }
 }
 
 /// A counter another thread can bump to wake the fault handler out of `poll`.

@@ -22,6 +22,7 @@ const FEATURE_SIGBUS: u64 = 1 << 7;
 const FEATURE_THREAD_ID: u64 = 1 << 8;
 const FEATURE_EXACT_ADDRESS: u64 = 1 << 11;
 const FEATURE_POISON: u64 = 1 << 14;
+const FEATURE_WP_ASYNC: u64 = 1 << 15;
 
 const REGISTER_MODE_MISSING: u64 = 1 << 0;
 const REGISTER_MODE_WP: u64 = 1 << 1;
@@ -162,6 +163,10 @@ pub(crate) struct Uffd {
     poison: std::sync::atomic::AtomicBool,
     /// Faults raise SIGBUS in the faulting thread instead of queuing a message.
     sigbus: bool,
+    /// The kernel resolves write-protect faults itself (`UFFD_FEATURE_WP_ASYNC`,
+    /// Linux 6.7+): a write to a protected page marks it written, and
+    /// `PAGEMAP_SCAN` finds it (`sys/pagemap.rs`).
+    wp_async: bool,
 }
 
 /// Runs an ioctl on `fd` with `arg`, retrying on `EINTR`.
@@ -249,20 +254,31 @@ impl Uffd {
     /// the faulting byte) and poison markers (Linux 6.6+, so an access past
     /// EOF fails in system calls too) where the kernel has them. With
     /// `sigbus`, faults raise SIGBUS in the faulting thread
-    /// (`UFFD_FEATURE_SIGBUS`) and no message is ever queued.
-    pub(crate) fn open(fallback: bool, sigbus: bool, user_mode_only: bool) -> Result<Uffd, Error> {
+    /// (`UFFD_FEATURE_SIGBUS`) and no message is ever queued. With
+    /// `wp_async`, write-protect faults are resolved by the kernel
+    /// (`UFFD_FEATURE_WP_ASYNC`) where it offers that; see [`Uffd::wp_async`].
+    pub(crate) fn open(
+        fallback: bool,
+        sigbus: bool,
+        user_mode_only: bool,
+        wp_async: bool,
+    ) -> Result<Uffd, Error> {
         let mut required = FEATURE_PAGEFAULT_FLAG_WP | FEATURE_THREAD_ID;
         if sigbus {
             required |= FEATURE_SIGBUS;
         }
-        let optional = FEATURE_EXACT_ADDRESS | FEATURE_POISON;
+        let mut optional = FEATURE_EXACT_ADDRESS | FEATURE_POISON;
+        if wp_async {
+            optional |= FEATURE_WP_ASYNC;
+        }
         // UFFDIO_API may be called once per fd: ask one fd what the kernel
         // offers, then negotiate on a second.
         let (fd, origin) = create(fallback, user_mode_only)?;
-        let offered = Uffd::with(fd, origin, sigbus).negotiate(0)?;
+        let offered = Uffd::with(fd, origin, sigbus, false).negotiate(0)?;
         let (fd, origin) = create(fallback, user_mode_only)?;
-        let uffd = Uffd::with(fd, origin, sigbus);
+        let mut uffd = Uffd::with(fd, origin, sigbus, false);
         let features = uffd.negotiate(required | (offered & optional))?;
+        uffd.wp_async = features & FEATURE_WP_ASYNC != 0 && wp_async;
         if features & required != required {
             return Err(Error::MissingFeature(
                 "UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_FEATURE_THREAD_ID or UFFD_FEATURE_SIGBUS",
@@ -275,13 +291,20 @@ impl Uffd {
         Ok(uffd)
     }
 
-    fn with(fd: OwnedFd, origin: UffdOrigin, sigbus: bool) -> Uffd {
+    fn with(fd: OwnedFd, origin: UffdOrigin, sigbus: bool, wp_async: bool) -> Uffd {
         Uffd {
             fd,
             origin,
             poison: std::sync::atomic::AtomicBool::new(false),
             sigbus,
+            wp_async,
         }
+    }
+
+    /// Whether the kernel resolves write-protect faults itself (asked for
+    /// and offered): writes to protected pages then never reach mkwrite.
+    pub(crate) fn wp_async(&self) -> bool {
+        self.wp_async
     }
 
     /// Whether faults raise SIGBUS in the faulting thread (no messages).

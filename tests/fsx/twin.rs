@@ -32,6 +32,8 @@ pub struct Setup {
     pub user_mode_only: bool,
     /// mkwrite keeps its pages within a budget of this many pages.
     pub budget_pages: Option<u64>,
+    /// The kernel tracks mkwrite's dirty pages (`DirtyTracking::Kernel`).
+    pub kernel_dirty: bool,
 }
 
 /// The budget of a `+budget` setup, in pages: small against the ops' range,
@@ -41,10 +43,11 @@ pub const BUDGET_PAGES: u64 = 8;
 impl Setup {
     /// The name a replay log gives this setup: the filesystem, `+poke` when
     /// guarded, `+inthread` for in-thread delivery, `+usermode` for a
-    /// user-mode-only userfaultfd, `+budget` for a budget.
+    /// user-mode-only userfaultfd, `+budget` for a budget, `+kerneldirty`
+    /// for dirty tracking by the kernel.
     pub fn label(&self) -> String {
         format!(
-            "{}{}{}{}{}",
+            "{}{}{}{}{}{}",
             self.fs,
             if self.guarded { "+poke" } else { "" },
             if self.delivery == Delivery::InThread {
@@ -57,7 +60,8 @@ impl Setup {
                 "+budget"
             } else {
                 ""
-            }
+            },
+            if self.kernel_dirty { "+kerneldirty" } else { "" }
         )
     }
 
@@ -77,6 +81,7 @@ impl Setup {
             delivery,
             user_mode_only: label.contains("+usermode"),
             budget_pages: label.contains("+budget").then_some(BUDGET_PAGES),
+            kernel_dirty: label.contains("+kerneldirty"),
         }
     }
 }
@@ -228,6 +233,9 @@ impl<'a> Twin<'a> {
         if let Some(pages) = self.setup.budget_pages {
             options.budget(&mkwrite::Budget::new(pages * 4096));
         }
+        if self.setup.kernel_dirty {
+            options.dirty_tracking(mkwrite::DirtyTracking::Kernel);
+        }
         let mk = options
             .open(&self.mk_path)
             .map_err(|e| format!("open mkwrite: {e}"))?;
@@ -333,6 +341,10 @@ impl<'a> Twin<'a> {
                 let (start, end) = (offset.min(eof), (offset + len).min(eof));
                 self.judge_files(start, end)?;
             }
+            Op::Evict if self.setup.kernel_dirty => match self.mk().evict() {
+                Err(mkwrite::Error::NotWithKernelDirtyTracking(_)) => {}
+                other => return Err(format!("evict under kernel dirty tracking: {other:?}")),
+            },
             Op::Evict => self.mk().evict().map_err(failed("evict"))?,
             Op::Reopen => {
                 let mk = self.mk.take().expect("open between ops");
