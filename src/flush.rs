@@ -172,32 +172,76 @@ impl Engine {
         self.protect(&mut flags, &dirty)?;
         let mut batch = Batch::new(source, (dirty.len() as u64 * self.geo.page) as usize);
         batch.resume = dirty.last().map_or(pages.end, |p| p + 1);
-        let mut page_copy = vec![
-            0u8;
-            if source == Source::Copies {
-                self.geo.page as usize
-            } else {
-                0
-            }
-        ];
-        for page in dirty {
-            let ranges = flags.allocated_bytes(page);
-            if source == Source::Mapping {
-                flags.start_writeback(page);
-                ranges.into_iter().for_each(|r| batch.push(r, None));
-            } else if self.copy_page(&mut flags, page, &ranges, &mut page_copy)? {
-                flags.cleaned(page);
-                for r in ranges {
-                    let within = self.within_page(page, &r);
-                    batch.push(r, Some(&page_copy[within]));
+        match source {
+            Source::Mapping => {
+                for page in dirty {
+                    flags.start_writeback(page);
+                    flags
+                        .allocated_bytes(page)
+                        .into_iter()
+                        .for_each(|r| batch.push(r, None));
+                    batch.pages.push(page);
                 }
-            } else {
-                // Dropped behind our back: recorded as lost, nothing to write.
-                continue;
             }
-            batch.pages.push(page);
+            Source::Copies => self.copy_dirty(&mut flags, &dirty, &mut batch)?,
         }
         Ok(Some(batch))
+    }
+
+    /// Copies the allocated bytes of the `dirty` pages into `batch` and
+    /// marks them clean: runs of wholly allocated pages with one read each
+    /// (a copy through `/proc/self/mem` costs a system call), other pages
+    /// one by one. A page found gone is recorded lost and left out.
+    fn copy_dirty(&self, flags: &mut Flags, dirty: &[u64], batch: &mut Batch) -> Result<()> {
+        let whole = |flags: &Flags, p: u64| flags.allocated_bytes(p) == [self.geo.page_bytes(p)];
+        let mut page_copy = vec![0u8; self.geo.page as usize];
+        let mut i = 0;
+        while i < dirty.len() {
+            let first = dirty[i];
+            let run = dirty[i..]
+                .iter()
+                .zip(first..)
+                .take_while(|&(&p, q)| p == q && whole(flags, p))
+                .count();
+            if run == 0 {
+                let ranges = flags.allocated_bytes(first);
+                if self.copy_page(flags, first, &ranges, &mut page_copy)? {
+                    flags.cleaned(first);
+                    for r in ranges {
+                        let within = self.within_page(first, &r);
+                        batch.push(r, Some(&page_copy[within]));
+                    }
+                    batch.pages.push(first);
+                }
+                i += 1;
+                continue;
+            }
+            let copies = batch.copies.as_mut().expect("a batch of copies");
+            let at = copies.len();
+            let len = run * self.geo.page as usize;
+            copies.resize(at + len, 0);
+            let got = self
+                .region
+                .read_resident(self.page_offset(first), &mut copies[at..])?;
+            let pages = (got / self.geo.page as usize) as u64;
+            copies.truncate(at + (pages * self.geo.page) as usize);
+            if pages > 0 {
+                let bytes = first * self.geo.page..(first + pages) * self.geo.page;
+                batch.push(bytes, None);
+            }
+            for p in first..first + pages {
+                flags.cleaned(p);
+                batch.pages.push(p);
+            }
+            if pages < run as u64 {
+                // The copy stopped at a page dropped behind our back: lost.
+                self.vanished(flags, first + pages);
+                i += pages as usize + 1;
+            } else {
+                i += run;
+            }
+        }
+        Ok(())
     }
 
     /// Copies the `ranges` of `page` into `out` (at their places in the

@@ -293,6 +293,21 @@ fn a_clean_page_dropped_by_madvise_counts_as_lost(delivery: Delivery) {
         "{err}"
     );
     map.flush().unwrap();
+    // Written pages, one dropped before the flush copies them: the flush
+    // writes the others (copied as one run) and reports that one.
+    store(&map, 0, &[8u8; 4 * PAGE]);
+    // SAFETY: as above.
+    let rc = unsafe { libc::madvise(map.as_ptr().add(PAGE).cast(), PAGE, libc::MADV_DONTNEED) };
+    assert_eq!(rc, 0);
+    let err = map.flush().unwrap_err();
+    let lost = PAGE as u64..(2 * PAGE) as u64;
+    assert!(
+        matches!(&err, Error::Discarded { ranges } if ranges == std::slice::from_ref(&lost)),
+        "{err}"
+    );
+    let mut expected = vec![8u8; 4 * PAGE];
+    expected[PAGE..2 * PAGE].fill(7);
+    assert_eq!(read_file(&path), expected);
     map.check_invariants().unwrap();
 }
 
