@@ -65,7 +65,8 @@
 //!   [`flush`](Mapping::flush) returns [`Error::Discarded`] with the ranges,
 //!   and [`Stats::pages_discarded`] counts them. [`Mapping::evict`] is the
 //!   safe way to drop clean pages. (`MADV_REMOVE` is refused by the kernel
-//!   on private memory.)
+//!   on private memory.) Under [`DirtyTracking::Kernel`] nothing records
+//!   a write to a dropped page, so any page found dropped is reported lost.
 //! * **`mlock(2)`** populates private memory for *writing*: every page below
 //!   EOF is write-faulted, allocates its blocks, and will be flushed. Past
 //!   EOF it fails with `ENOMEM`, as with mmap. [`Mapping::lock`] locks

@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use common::{BLOCK_SIZES, Mount, read_file};
-use mkwrite::{Delivery, FileStore, Mapping, MappingOptions, Store};
+use mkwrite::{Delivery, DirtyTracking, FileStore, Mapping, MappingOptions, Store};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
 const THREADS: usize = 8;
@@ -183,17 +183,32 @@ fn writes_racing_set_len_all_reach_the_file_in_thread() {
     writes_racing_set_len_all_reach_the_file_with(Delivery::InThread);
 }
 
+/// As [`writes_racing_set_len_all_reach_the_file`], the kernel tracking
+/// dirty pages (where the tail is zeroed in place: a copy, drop and
+/// reinstall would lose a racing write, or forget the page was written).
+#[test]
+fn writes_racing_set_len_all_reach_the_file_with_kernel_dirty_tracking() {
+    for delivery in [Delivery::HandlerThread, Delivery::InThread] {
+        writes_racing_set_len_with(delivery, DirtyTracking::Kernel, &[4096, 16384]);
+    }
+}
+
 fn writes_racing_set_len_all_reach_the_file_with(delivery: Delivery) {
+    writes_racing_set_len_with(delivery, DirtyTracking::Faults, &[512, 1024, 4096, 16384]);
+}
+
+fn writes_racing_set_len_with(delivery: Delivery, tracking: DirtyTracking, blocks: &[u64]) {
     // A writer hammers the EOF page while EOF moves between 1000 and 5000: every
     // byte it lands below EOF must have a block, so after a flush memory and
     // file agree (a write between zeroing and re-protecting would be lost).
     let fs = Mount::tmpfs(16 << 20);
-    for block in [512u64, 1024, 4096, 16384] {
+    for &block in blocks {
         let path = fs.path(&format!("race{block}"));
         let store = FileStore::create(&path).unwrap().with_block_size(block).unwrap();
         store.set_len(5000).unwrap();
         let map = MappingOptions::new()
             .delivery(delivery)
+            .dirty_tracking(tracking)
             .capacity(1 << 20)
             .map_store(store)
             .unwrap();
