@@ -6,7 +6,10 @@
 //! mapping's own memory ([`Store::writes_from_mapping`](crate::Store::writes_from_mapping))
 //! gets it, with nothing copied: its pages are marked in *writeback*, and
 //! writes to them wait until the flush is done with them (`claims.rs`), as
-//! the kernel's stable pages do. Any other store gets copies taken under the
+//! the kernel's stable pages do. With the kernel tracking writes
+//! (`kernel_dirty.rs`) writes to resident pages cannot be held off: the
+//! store gets the memory as [`LiveBytes`](crate::store::LiveBytes), which
+//! may change while it is written, and a racing write is the next flush's. Any other store gets copies taken under the
 //! flags lock through `/proc/self/mem`, which never faults; so does
 //! eviction, which a fault service worker may run: a write from the mapping
 //! can meet a page dropped behind the mapping's back, and only a worker
@@ -83,9 +86,7 @@ impl Engine {
         // One flush at a time: a page another flush has taken but not yet
         // synced must not let this one return early.
         let _serial = self.flush_serial();
-        // With the kernel tracking writes, writers cannot be held off a page
-        // in writeback: write from copies.
-        let source = match self.store.writes_from_mapping() && !self.kernel_dirty {
+        let source = match self.store.writes_from_mapping() {
             true => Source::Mapping,
             false => Source::Copies,
         };
@@ -286,6 +287,26 @@ impl Engine {
     #[allow(unsafe_code)]
     fn write_from_mapping(&self, range: Range<u64>) -> Result<()> {
         let len = (range.end - range.start) as usize;
+        if self.kernel_dirty {
+            // Writers are not held off (the kernel lets them through), so the
+            // store gets bytes that may change: a write racing this one
+            // marks its page written again, and the next flush rewrites it.
+            let data = self.region.live(range.start as usize, len);
+            let wrote = self
+                .counters
+                .timed(Timer::StoreWrite, || self.store.write_live(range.start, data));
+            return match wrote {
+                // The store cannot take them, or (in-thread delivery) a page
+                // is gone: copies, which find it.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::Unsupported
+                        || e.raw_os_error() == Some(libc::EFAULT) =>
+                {
+                    self.write_copied(range)
+                }
+                other => Ok(other?),
+            };
+        }
         // SAFETY: the pages under `range` are write-protected and in
         // writeback: every write to them (a fault, a checked call) waits
         // until `written_back`, and layout changes and eviction wait for

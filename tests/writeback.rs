@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::bounded::{Case, End, Setup, dir};
 use common::{pattern, read_file};
 use mkwrite::store::SignalSafe;
-use mkwrite::{Delivery, Error, FileStore, Mapping, MappingOptions, Store};
+use mkwrite::{Delivery, DirtyTracking, Error, FileStore, Mapping, MappingOptions, Store};
 
 const PAGE: usize = 4096;
 const PAGES: usize = 8;
@@ -44,6 +44,18 @@ const CASES: &[Case] = &[
     (
         "a_page_dropped_in_writeback_is_reported_lost_in_thread",
         || a_page_dropped_in_writeback_is_reported_lost(Delivery::InThread),
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "with_kernel_dirty_tracking_a_write_during_a_flush_goes_on_handler_thread",
+        || with_kernel_dirty_tracking_a_write_during_a_flush_goes_on(Delivery::HandlerThread),
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "with_kernel_dirty_tracking_a_write_during_a_flush_goes_on_in_thread",
+        || with_kernel_dirty_tracking_a_write_during_a_flush_goes_on(Delivery::InThread),
         End::Exit(0),
         Setup::Tmpfs,
     ),
@@ -151,11 +163,19 @@ fn wait_for(what: &str, done: impl Fn() -> bool) {
 /// A mapping of a new file of [`PAGES`] pages over a [`Stopping`] store,
 /// every page written with a pattern (dirty, not yet flushed).
 fn dirty_mapping(delivery: Delivery) -> (std::path::PathBuf, Arc<Stopping>, Arc<Mapping>) {
+    dirty_mapping_tracked(delivery, DirtyTracking::Faults)
+}
+
+fn dirty_mapping_tracked(
+    delivery: Delivery,
+    tracking: DirtyTracking,
+) -> (std::path::PathBuf, Arc<Stopping>, Arc<Mapping>) {
     let path = dir().join("f");
     let store = Arc::new(Stopping::new(FileStore::create(&path).unwrap()));
     store.set_len((PAGES * PAGE) as u64).unwrap();
     let map = MappingOptions::new()
         .delivery(delivery)
+        .dirty_tracking(tracking)
         .capacity(1 << 20)
         .map_store(store.clone())
         .unwrap();
@@ -251,5 +271,28 @@ fn a_page_dropped_in_writeback_is_reported_lost(delivery: Delivery) {
         expected[4 * PAGE..],
         "every page not dropped was written"
     );
+    map.check_invariants().unwrap();
+}
+
+/// With the kernel tracking writes, nothing holds a writer off: a write to
+/// a page the flush is writing goes on at once, and the next flush writes
+/// it. The store here takes no `LiveBytes` (`Store::write_live`), so the
+/// flush writes copies, taken before the write.
+fn with_kernel_dirty_tracking_a_write_during_a_flush_goes_on(delivery: Delivery) {
+    let (path, store, map) = dirty_mapping_tracked(delivery, DirtyTracking::Kernel);
+    assert_eq!(map.dirty_tracking(), DirtyTracking::Kernel);
+    let flush = flush_stopped(&store, &map);
+    let done = Arc::new(AtomicBool::new(false));
+    write_from_thread(&map, 0, 0xEF, &done).join().unwrap();
+    assert!(done.load(Ordering::SeqCst));
+    assert_eq!(map.stats().writeback_waits, 0, "nothing waited");
+    store.go_on();
+    flush.join().unwrap().unwrap();
+    let expected = pattern(1, PAGES * PAGE);
+    assert_eq!(read_file(&path), expected, "the flush wrote its copies");
+    map.flush().unwrap();
+    let mut after = expected;
+    after[0] = 0xEF;
+    assert_eq!(read_file(&path), after, "the next flush wrote the write");
     map.check_invariants().unwrap();
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::{SignalSafe, Store};
+use super::{LiveBytes, SignalSafe, Store};
 use crate::error::{Error, LengthChanged, Result};
 use crate::geometry::check_block_size;
 use crate::sys;
@@ -291,6 +291,13 @@ impl Store for FileStore {
     /// which neither `read_at` nor `allocate` takes.
     fn writes_from_mapping(&self) -> bool {
         true
+    }
+
+    fn write_live(&self, offset: u64, data: LiveBytes<'_>) -> io::Result<()> {
+        let _resize = self.lock_resize();
+        self.check_len()?;
+        let visible = self.len().saturating_sub(offset).min(data.len() as u64) as usize;
+        data.slice(0..visible).write_all_at(&self.file, offset)
     }
 
     /// `SEEK_DATA` reports every byte of data (a filesystem without it

@@ -13,6 +13,8 @@ pub use nbd::{NbdOptions, NbdStore};
 pub use quota::QuotaStore;
 pub use window::Window;
 
+pub use crate::sys::LiveBytes;
+
 pub(crate) use unsynced::Unsynced;
 
 use std::io;
@@ -327,6 +329,21 @@ pub trait Store: Send + Sync {
     fn writes_from_mapping(&self) -> bool {
         false
     }
+
+    /// Writes `data` at `offset`, as [`write_at`](Store::write_at), for a
+    /// flush from the mapping under
+    /// [`DirtyTracking::Kernel`](crate::DirtyTracking::Kernel): there the
+    /// program's threads may write the bytes while the store hands them on
+    /// (a write the flush races is found by the next flush, which writes
+    /// the page again), so they come as [`LiveBytes`], which only the kernel
+    /// reads. Asked only of a store whose
+    /// [`writes_from_mapping`](Store::writes_from_mapping) is `true`. The
+    /// default answers [`io::ErrorKind::Unsupported`], and the flush writes
+    /// copies instead. [`FileStore`] writes them with `pwrite(2)`.
+    fn write_live(&self, offset: u64, data: LiveBytes<'_>) -> io::Result<()> {
+        let _ = (offset, data);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// A store's reads and allocations as a signal handler may call them.
@@ -404,6 +421,9 @@ macro_rules! forward_store {
             }
             fn writes_from_mapping(&self) -> bool {
                 (**self).writes_from_mapping()
+            }
+            fn write_live(&self, offset: u64, data: LiveBytes<'_>) -> io::Result<()> {
+                (**self).write_live(offset, data)
             }
         }
     };

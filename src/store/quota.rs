@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use fixedbitset::FixedBitSet;
 
-use super::Store;
+use super::{LiveBytes, Store};
 
 /// Caps the blocks `inner` may hold at a limit; an allocation past it fails
 /// with `EDQUOT`, as a filesystem quota does.
@@ -179,6 +179,10 @@ impl<S: Store> Store for QuotaStore<S> {
 
     fn writes_from_mapping(&self) -> bool {
         self.inner.writes_from_mapping()
+    }
+
+    fn write_live(&self, offset: u64, data: LiveBytes<'_>) -> io::Result<()> {
+        self.inner.write_live(offset, data)
     }
 }
 

@@ -7,7 +7,7 @@ use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{SignalSafe, Store};
+use super::{LiveBytes, SignalSafe, Store};
 
 pub(crate) struct Unsynced<S> {
     inner: S,
@@ -77,6 +77,10 @@ impl<S: Store> Store for Unsynced<S> {
     }
     fn writes_from_mapping(&self) -> bool {
         self.inner.writes_from_mapping()
+    }
+    fn write_live(&self, offset: u64, data: LiveBytes<'_>) -> io::Result<()> {
+        self.changing();
+        self.inner.write_live(offset, data)
     }
     fn signal_safe(&self) -> Option<&dyn SignalSafe> {
         self.inner.signal_safe().map(|_| self as &dyn SignalSafe)

@@ -5,7 +5,7 @@
 use std::io;
 use std::ops::Range;
 
-use super::{SignalSafe, Store};
+use super::{LiveBytes, SignalSafe, Store};
 
 /// `[offset, offset + len)` of `inner` as a store of its own. Its length is
 /// the part of the window the file covers; it cannot move the file's EOF
@@ -141,6 +141,13 @@ impl<S: Store> Store for Window<S> {
 
     fn writes_from_mapping(&self) -> bool {
         self.inner.writes_from_mapping()
+    }
+
+    fn write_live(&self, offset: u64, data: LiveBytes<'_>) -> io::Result<()> {
+        // Bytes past the window's end are dropped, as in `write_at`.
+        let visible = self.len().saturating_sub(offset).min(data.len() as u64) as usize;
+        self.inner
+            .write_live(self.offset + offset, data.slice(0..visible))
     }
 }
 

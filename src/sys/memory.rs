@@ -290,6 +290,13 @@ impl Region {
         unsafe { std::slice::from_raw_parts(self.as_ptr(), len) }
     }
 
+    /// `len` bytes from `offset` that the program's threads may change
+    /// while the kernel reads them ([`LiveBytes`](super::LiveBytes)).
+    pub(crate) fn live(&self, offset: usize, len: usize) -> super::LiveBytes<'_> {
+        self.check(offset, len);
+        super::LiveBytes::new(self.as_ptr().cast_const().wrapping_add(offset), len)
+    }
+
     /// A shared view of `len` bytes from `offset`.
     ///
     /// # Safety

@@ -5,6 +5,7 @@ mod fill_buffers;
 mod futex;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod guard;
+mod live;
 mod memory;
 mod pagemap;
 mod signal;
@@ -18,6 +19,7 @@ pub(crate) use file::{
 };
 pub(crate) use fill_buffers::{FillBuffer, FillBuffers};
 pub(crate) use futex::{futex_wait, futex_wake_all, thread_id, yield_now};
+pub use live::LiveBytes;
 pub(crate) use memory::{Access, Region};
 pub(crate) use pagemap::take_written;
 pub(crate) use signal::send_sigbus;
