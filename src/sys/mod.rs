@@ -101,7 +101,7 @@ pub(crate) struct Ready {
 }
 
 /// Waits until the userfaultfd has messages or the doorbell rings, or
-/// `timeout` passes (`None`: no limit).
+/// `timeout` passes (`None`: no limit; zero: only looks).
 pub(crate) fn wait_ready(
     uffd: &Uffd,
     doorbell: &Doorbell,
@@ -112,6 +112,8 @@ pub(crate) fn wait_ready(
         PollFd::new(doorbell.0.as_fd(), PollFlags::POLLIN),
     ];
     let timeout = match timeout {
+        // Zero asks without waiting (a worker spinning for the next fault).
+        Some(t) if t.is_zero() => PollTimeout::ZERO,
         // Round up, so a short wait is never a busy zero-timeout poll.
         Some(t) => PollTimeout::try_from(t.as_millis().clamp(1, 60_000) as u32).unwrap_or(PollTimeout::MAX),
         None => PollTimeout::NONE,
