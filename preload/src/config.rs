@@ -18,6 +18,10 @@
 //!   faster; the interposer prepares a view's pages before the C library
 //!   calls it covers touch them, but any other system call given a view's
 //!   page that is not ready fails with `EFAULT`).
+//! - `MKWRITE_PRELOAD_DIRTY_TRACKING`: `faults` (the default: every first
+//!   write after a flush faults) or `kernel` (the kernel notes such writes
+//!   and `msync` asks it which pages were written: no fault; reading a
+//!   hole allocates its blocks; mkwrite's block size is at least a page).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -31,6 +35,7 @@ pub(crate) struct Config {
     pub capacity: u64,
     pub block_size: Option<u64>,
     pub in_thread: bool,
+    pub kernel_dirty: bool,
 }
 
 const DEFAULT_CAPACITY: u64 = 16 << 30;
@@ -64,6 +69,7 @@ impl Config {
         };
         let capacity = number("MKWRITE_PRELOAD_CAPACITY")?.unwrap_or(DEFAULT_CAPACITY);
         let in_thread = switch("MKWRITE_PRELOAD_DELIVERY", "handler", "in-thread")?;
+        let kernel_dirty = switch("MKWRITE_PRELOAD_DIRTY_TRACKING", "faults", "kernel")?;
         Ok(Config {
             paths,
             wait_when_full,
@@ -71,6 +77,7 @@ impl Config {
             capacity,
             block_size: number("MKWRITE_PRELOAD_BLOCK_SIZE")?,
             in_thread,
+            kernel_dirty,
         })
     }
 }

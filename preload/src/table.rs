@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use mkwrite::{Delivery, FileStore, FullAction, Mapping, MappingOptions, OnFull};
+use mkwrite::{Delivery, DirtyTracking, FileStore, FullAction, Mapping, MappingOptions, OnFull, Store};
 
 use crate::{config::config, marks, say};
 
@@ -399,6 +399,9 @@ fn open(fd: c_int, path: &Path, end: u64, slot: usize) -> Result<Live, c_int> {
     if config.in_thread {
         options.delivery(Delivery::InThread);
     }
+    if config.kernel_dirty {
+        options.dirty_tracking(DirtyTracking::Kernel);
+    }
     if config.wait_when_full {
         // Retried every 100 ms at most: space freed by anyone (another
         // process deleting a file) lets the write go on.
@@ -418,6 +421,10 @@ fn open(fd: c_int, path: &Path, end: u64, slot: usize) -> Result<Live, c_int> {
     let mut store = FileStore::from_file(file, Some(path.to_path_buf())).map_err(cannot)?;
     if let Some(block) = config.block_size {
         store = store.with_block_size(block).map_err(cannot)?;
+    } else if config.kernel_dirty && store.block_size() < page {
+        // Kernel dirty tracking needs blocks of a page or more; a smaller
+        // filesystem block still serves (allocations are a page at a time).
+        store = store.with_block_size(page).map_err(cannot)?;
     }
     let mapping = options.map_store(store).map_err(cannot)?;
     let base = mapping.as_ptr() as usize;
