@@ -4,6 +4,8 @@
  *
  *   demo seed DIR    -> prints "seed ok"
  *   demo full DIR    -> DIR on a small filesystem; prints "full ok ACCEPTED"
+ *   demo kernel DIR  -> dirty pages tracked by the kernel: stores after a
+ *                       flush reach the file at the next flush; prints "kernel ok"
  *
  * Built and run by capi/tests/c_example.rs with the system compiler. */
 
@@ -121,9 +123,47 @@ static int full(const char *dir) {
     return 0;
 }
 
+static int kernel(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/kernel.db", dir);
+    mkw_options o = mkw_options_default();
+    o.create = 1;
+    o.capacity = 1 << 20;
+    o.dirty_tracking = MKW_DIRTY_TRACKING_KERNEL;
+    o.block_size = 1024;                 /* smaller than a page: refused */
+    int err = 0;
+    if (mkw_open(path, &o, &err) || err != ENOTSUP) {
+        fprintf(stderr, "1 KiB blocks with kernel tracking: errno %d, not ENOTSUP\n", err);
+        return 1;
+    }
+    o.block_size = 0;
+    mkw_mapping *map = mkw_open(path, &o, &err);
+    if (!map) fail("mkw_open", err);
+    enum { LEN = 16 * 4096 };
+    CHECK(mkw_set_len(map, LEN));
+    unsigned char *p = mkw_ptr(map);
+    memset(p, 'a', LEN);                 /* first writes: faults allocate */
+    CHECK(mkw_flush(map));
+    memset(p, 'b', LEN);                 /* after the flush: no fault */
+    CHECK(mkw_flush(map));               /* the kernel says which were written */
+    CHECK(mkw_close(map));
+    long len;
+    unsigned char *file = read_file(path, &len);
+    for (long i = 0; i < LEN; i++) {
+        if (len != LEN || file[i] != 'b') {
+            fprintf(stderr, "byte %ld of %ld not written\n", i, len);
+            return 1;
+        }
+    }
+    free(file);
+    printf("kernel ok\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "seed") == 0) return seed(argv[2]);
     if (argc == 3 && strcmp(argv[1], "full") == 0) return full(argv[2]);
-    fprintf(stderr, "usage: %s seed|full DIR\n", argv[0]);
+    if (argc == 3 && strcmp(argv[1], "kernel") == 0) return kernel(argv[2]);
+    fprintf(stderr, "usage: %s seed|full|kernel DIR\n", argv[0]);
     return 2;
 }

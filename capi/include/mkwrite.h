@@ -30,6 +30,18 @@
 #define MKW_DELIVERY_IN_THREAD 1
 
 /*
+ Every first write to a page after a flush faults, and the fault marks it dirty.
+ */
+#define MKW_DIRTY_TRACKING_FAULTS 0
+
+/*
+ The kernel notes writes to pages a flush cleaned (no fault) and the next
+ flush asks it which were written (Linux 6.7+). Reading a hole allocates
+ its blocks; blocks smaller than a page are refused (`ENOTSUP`).
+ */
+#define MKW_DIRTY_TRACKING_KERNEL 1
+
+/*
  A mapping (opaque). Made by [`mkw_open`], ended by [`mkw_close`].
  */
 typedef struct mkw_mapping mkw_mapping;
@@ -63,6 +75,10 @@ typedef struct mkw_options {
    Nonzero: map for reading only.
    */
   int read_only;
+  /*
+   [`MKW_DIRTY_TRACKING_FAULTS`] or [`MKW_DIRTY_TRACKING_KERNEL`].
+   */
+  int dirty_tracking;
 } mkw_options;
 
 #ifdef __cplusplus
@@ -71,8 +87,8 @@ extern "C" {
 
 /*
  Options as mkwrite's defaults: capacity and block size chosen for the
- file, SIGBUS on a full store, faults resolved by mkwrite's threads, the
- file must exist, read-write.
+ file, SIGBUS on a full store, faults resolved by mkwrite's threads,
+ dirty pages tracked by faults, the file must exist, read-write.
  */
 struct mkw_options mkw_options_default(void);
 

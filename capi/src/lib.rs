@@ -15,7 +15,7 @@ use std::ffi::{CStr, CString, c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use mkwrite::{Delivery, Error, Mapping, MappingOptions, OnFull};
+use mkwrite::{Delivery, DirtyTracking, Error, Mapping, MappingOptions, OnFull};
 
 /// A mapping (opaque). Made by [`mkw_open`], ended by [`mkw_close`].
 pub struct MkwMapping(Mapping);
@@ -37,6 +37,8 @@ pub struct MkwOptions {
     pub create: c_int,
     /// Nonzero: map for reading only.
     pub read_only: c_int,
+    /// [`MKW_DIRTY_TRACKING_FAULTS`] or [`MKW_DIRTY_TRACKING_KERNEL`].
+    pub dirty_tracking: c_int,
 }
 
 /// A store to a full store raises SIGBUS (as the kernel's mmap would, but at
@@ -50,6 +52,12 @@ pub const MKW_DELIVERY_HANDLER_THREAD: c_int = 0;
 /// Faults resolved in the faulting thread (faster; a system call on a page
 /// not ready fails with `EFAULT`: [`mkw_populate`] first).
 pub const MKW_DELIVERY_IN_THREAD: c_int = 1;
+/// Every first write to a page after a flush faults, and the fault marks it dirty.
+pub const MKW_DIRTY_TRACKING_FAULTS: c_int = 0;
+/// The kernel notes writes to pages a flush cleaned (no fault) and the next
+/// flush asks it which were written (Linux 6.7+). Reading a hole allocates
+/// its blocks; blocks smaller than a page are refused (`ENOTSUP`).
+pub const MKW_DIRTY_TRACKING_KERNEL: c_int = 1;
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -100,8 +108,8 @@ fn run_partial(
 }
 
 /// Options as mkwrite's defaults: capacity and block size chosen for the
-/// file, SIGBUS on a full store, faults resolved by mkwrite's threads, the
-/// file must exist, read-write.
+/// file, SIGBUS on a full store, faults resolved by mkwrite's threads,
+/// dirty pages tracked by faults, the file must exist, read-write.
 #[unsafe(no_mangle)]
 pub extern "C" fn mkw_options_default() -> MkwOptions {
     MkwOptions {
@@ -111,6 +119,7 @@ pub extern "C" fn mkw_options_default() -> MkwOptions {
         delivery: MKW_DELIVERY_HANDLER_THREAD,
         create: 0,
         read_only: 0,
+        dirty_tracking: MKW_DIRTY_TRACKING_FAULTS,
     }
 }
 
@@ -153,6 +162,10 @@ pub unsafe extern "C" fn mkw_open(
         opts.delivery(match o.delivery {
             MKW_DELIVERY_IN_THREAD => Delivery::InThread,
             _ => Delivery::HandlerThread,
+        });
+        opts.dirty_tracking(match o.dirty_tracking {
+            MKW_DIRTY_TRACKING_KERNEL => DirtyTracking::Kernel,
+            _ => DirtyTracking::Faults,
         });
         opts.create(o.create != 0).read_only(o.read_only != 0);
         opened = Some(opts.open(path)?);

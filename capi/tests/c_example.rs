@@ -66,6 +66,16 @@ fn the_seed_scenario_in_c() {
     assert_eq!(run(&exe, &["seed", data.to_str().unwrap()]), "seed ok\n");
 }
 
+#[test]
+fn kernel_dirty_tracking_from_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path());
+    assert_eq!(
+        run(&exe, &["kernel", dir.path().to_str().unwrap()]),
+        "kernel ok\n"
+    );
+}
+
 /// A tmpfs of `bytes`, unmounted on drop.
 struct Tmpfs(tempfile::TempDir);
 
