@@ -322,7 +322,7 @@ fn suite(dir: &Path, fs: &'static str, size: &Size) -> Vec<Row> {
     }
     let db = |s: Subject, w: Writer| workloads::database(dir, s, w, size.db_len, size.db_records);
     let mib = size.db_len >> 20;
-    for (mk, tag) in DELIVERIES {
+    for (mk, tag) in DELIVERIES.into_iter().chain(KERNEL_DIRTY) {
         row(
             format!("9. 512 B records, {mib} MiB, 2 threads: mkwrite raw{tag}"),
             &mut || db(mk, Writer::Raw),
