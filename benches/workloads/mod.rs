@@ -579,6 +579,8 @@ fn delta(before: Option<Stats>, after: Option<Stats>) -> Option<Stats> {
     a.faults_missing_read -= b.faults_missing_read;
     a.faults_missing_write -= b.faults_missing_write;
     a.faults_write_protect -= b.faults_write_protect;
+    a.faults_in_thread -= b.faults_in_thread;
+    a.faults_handed_off -= b.faults_handed_off;
     a.allocate_calls -= b.allocate_calls;
     a.handler_time -= b.handler_time;
     a.store_read_time -= b.store_read_time;
