@@ -38,7 +38,7 @@ macro_rules! both_deliveries {
 }
 
 fn main() {
-    let cases: Vec<Case> = [
+    let mut cases: Vec<Case> = [
         both_deliveries!(
             "a_write_after_a_flush_takes_no_fault_and_reaches_the_file",
             a_write_after_a_flush_takes_no_fault_and_reaches_the_file,
@@ -91,6 +91,12 @@ fn main() {
         ],
     ]
     .concat();
+    cases.push((
+        "without_wp_async_the_mapping_tracks_by_faults",
+        without_wp_async_the_mapping_tracks_by_faults,
+        End::Exit(0),
+        Setup::Tmpfs,
+    ));
     common::bounded::run_cases(&cases);
 }
 
@@ -355,4 +361,36 @@ fn growing_the_capacity_keeps_writes_the_kernel_let_through() {
     expected[PAGE..PAGE + 9].copy_from_slice(b"unflushed");
     assert_eq!(read_file(&path), expected);
     map.check_invariants().unwrap();
+}
+
+/// Where the kernel offers no `WP_ASYNC` (here: `MKWRITE_WP_ASYNC=0`, set
+/// before the process's first mapping, so its service never asks for it),
+/// kernel tracking falls back to faults: a write after a flush faults,
+/// and still reaches the file.
+fn without_wp_async_the_mapping_tracks_by_faults() {
+    // SAFETY: set before any thread of this child reads the environment
+    // (no mapping, and so no fault service, exists yet).
+    unsafe { std::env::set_var("MKWRITE_WP_ASYNC", "0") };
+    let path = dir().join("f");
+    let map = MappingOptions::new()
+        .dirty_tracking(DirtyTracking::Kernel)
+        .create(true)
+        .open(&path)
+        .unwrap();
+    assert_eq!(map.dirty_tracking(), DirtyTracking::Faults);
+    map.set_len((4 * PAGE) as u64).unwrap();
+    store(&map, 0, &[1u8; 4 * PAGE]);
+    map.flush().unwrap();
+    let before = map.stats().faults_write_protect;
+    store(&map, PAGE, b"after");
+    assert_eq!(map.stats().faults_write_protect, before + 1, "the write faulted");
+    map.flush().unwrap();
+    let mut expected = vec![1u8; 4 * PAGE];
+    expected[PAGE..PAGE + 5].copy_from_slice(b"after");
+    assert_eq!(read_file(&path), expected);
+    // Refused settings stay refused: they depend on what was asked for.
+    let small = MappingOptions::new()
+        .dirty_tracking(DirtyTracking::Kernel)
+        .map_store(MemStore::new(1024, 16).unwrap());
+    assert!(matches!(small, Err(Error::NotWithKernelDirtyTracking(_))));
 }

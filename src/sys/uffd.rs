@@ -248,6 +248,14 @@ fn create(fallback: bool, user_mode_only: bool) -> Result<(OwnedFd, UffdOrigin),
     }
 }
 
+/// `MKWRITE_WP_ASYNC=0` in the environment: never ask for `WP_ASYNC`, as
+/// on a kernel without it, so `DirtyTracking::Kernel` tracks by faults (an
+/// escape hatch for a kernel whose `WP_ASYNC` misbehaves, and how the
+/// tests reach that path on a kernel that has it).
+fn wp_async_disabled() -> bool {
+    std::env::var_os("MKWRITE_WP_ASYNC").is_some_and(|v| v == "0")
+}
+
 impl Uffd {
     /// Opens a userfaultfd with write-protect and thread-id features (see
     /// [`create`]), plus exact fault addresses (Linux 5.18+, so a SIGBUS names
@@ -268,6 +276,7 @@ impl Uffd {
             required |= FEATURE_SIGBUS;
         }
         let mut optional = FEATURE_EXACT_ADDRESS | FEATURE_POISON;
+        let wp_async = wp_async && !wp_async_disabled();
         if wp_async {
             optional |= FEATURE_WP_ASYNC;
         }
