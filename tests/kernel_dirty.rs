@@ -70,6 +70,12 @@ fn main() {
             Setup::Tmpfs
         ),
         both_deliveries!(
+            "a_system_call_writing_into_clean_pages_is_found_by_the_flush",
+            a_system_call_writing_into_clean_pages_is_found_by_the_flush,
+            End::Exit(0),
+            Setup::Tmpfs
+        ),
+        both_deliveries!(
             "a_clean_page_dropped_by_madvise_counts_as_lost",
             a_clean_page_dropped_by_madvise_counts_as_lost,
             End::Exit(0),
@@ -393,4 +399,35 @@ fn without_wp_async_the_mapping_tracks_by_faults() {
         .dirty_tracking(DirtyTracking::Kernel)
         .map_store(MemStore::new(1024, 16).unwrap());
     assert!(matches!(small, Err(Error::NotWithKernelDirtyTracking(_))));
+}
+
+/// `read(2)` into pages a flush cleaned: the kernel writes them (resolving
+/// its own write-protect faults, no fault reaches mkwrite), and the next
+/// flush finds them written, as it finds a plain store.
+fn a_system_call_writing_into_clean_pages_is_found_by_the_flush(delivery: Delivery) {
+    let path = dir().join("f");
+    let map = mapping(&path, 4, delivery);
+    store(&map, 0, &[3u8; 4 * PAGE]);
+    map.flush().unwrap();
+    let source = dir().join("source");
+    std::fs::write(&source, vec![9u8; 2 * PAGE]).unwrap();
+    let file = std::fs::File::open(&source).unwrap();
+    let before = faults(&map);
+    // SAFETY: the two pages lie inside the mapping, and nothing else reads
+    // or writes them while the kernel does.
+    let n = unsafe {
+        libc::read(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            map.as_ptr().add(PAGE).cast(),
+            2 * PAGE,
+        )
+    };
+    assert_eq!(n, (2 * PAGE) as isize, "{}", std::io::Error::last_os_error());
+    assert_eq!(faults(&map), before, "no fault reached mkwrite");
+    map.flush().unwrap();
+    let mut expected = vec![3u8; 4 * PAGE];
+    expected[PAGE..3 * PAGE].fill(9);
+    assert_eq!(read_file(&path), expected);
+    assert_eq!(map.stats().pages_found_written, 2);
+    map.check_invariants().unwrap();
 }
