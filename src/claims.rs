@@ -14,7 +14,10 @@
 //! them; what a claim allocates or fills is therefore still below EOF, and
 //! still wanted, when it records it. A flush waits for the writable fills
 //! in flight when it starts ([`Engine::wait_for_writable_fills`]):
-//! their pages may already hold writes it must not miss.
+//! their pages may already hold writes it must not miss. With the kernel
+//! tracking writes any fill's pages may be written once in memory; a flush
+//! whose scan reports such a page waits for its fill to be recorded
+//! (`kernel_dirty.rs`).
 
 use std::ops::Range;
 use std::sync::MutexGuard;
@@ -245,7 +248,7 @@ impl Engine {
     /// Lets the flags lock go until a claim or writeback in flight ends.
     /// Async-signal-safe (a mutex the faulting thread cannot hold, atomics
     /// and `futex(2)`).
-    fn wait_for_claims<'a>(&'a self, flags: MutexGuard<'a, Flags>) -> MutexGuard<'a, Flags> {
+    pub fn wait_for_claims<'a>(&'a self, flags: MutexGuard<'a, Flags>) -> MutexGuard<'a, Flags> {
         let seen = self.claim_events.about_to_wait();
         drop(flags);
         self.claim_events.wait(seen);

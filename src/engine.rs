@@ -541,19 +541,13 @@ impl Engine {
         };
         // Waiters wake once the flags say what went in ([`Engine::woken`]):
         // a thread that faulted here may look at them next (`stats`, `flush`).
-        match self.install(first, buf, plan.writable, false) {
+        match self.install_counted(first, buf, plan.writable, false) {
             Ok(()) => Ok(count),
-            Err(e) if count > 1 => {
-                // Some page ahead was not what the flags said; drop whatever
-                // went in and fill just the first page (its bytes are still
-                // the first page of the buffer).
-                self.region
-                    .discard(self.page_offset(first), buf.len())
-                    .map_err(|_| e)?;
-                self.install(first, &buf[..self.geo.page as usize], plan.writable, false)?;
-                Ok(1)
-            }
-            Err(e) => Err(e.into()),
+            // Some page ahead was not what the flags said: the pages before
+            // it went in, the fault's own first, and count as the fill
+            // (dropping them could lose a write the kernel let through).
+            Err((done, _)) if done >= self.geo.page => Ok(done / self.geo.page),
+            Err((_, e)) => Err(e.into()),
         }
     }
 
@@ -758,14 +752,27 @@ impl Engine {
     /// Places `data` in the absent `page` (and those after it that `data`
     /// covers) and, if `wake`, wakes their waiters.
     fn install(&self, page: u64, data: &[u8], writable: bool, wake: bool) -> io::Result<()> {
+        self.install_counted(page, data, writable, wake)
+            .map_err(|(_, e)| e)
+    }
+
+    /// [`install`](Self::install), saying on failure how many bytes went in.
+    fn install_counted(
+        &self,
+        page: u64,
+        data: &[u8],
+        writable: bool,
+        wake: bool,
+    ) -> Result<(), (u64, io::Error)> {
         // Read-only memory is registered without write-protect, and needs none.
         let protect = !writable && !self.read_only;
-        match self.ioctl(|| self.uffd().copy(self.addr(page), data, protect, wake)) {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+        let copied = self.ioctl(|| self.uffd().copy_counted(self.addr(page), data, protect, wake));
+        match copied {
+            Err((0, e)) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // Flags said absent but the kernel has a page: a bookkeeping
                 // bug. Wake the waiters so nobody hangs, and report it.
                 let _ = self.uffd().wake(self.addr(page), self.geo.page);
-                Err(e)
+                Err((0, e))
             }
             other => other,
         }
@@ -805,7 +812,7 @@ impl Engine {
     }
 
     /// Runs a userfaultfd ioctl, timed for [`Stats::ioctl_time`](crate::Stats::ioctl_time).
-    fn ioctl<T>(&self, call: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    fn ioctl<R>(&self, call: impl FnOnce() -> R) -> R {
         self.counters.timed(Timer::Ioctl, call)
     }
 

@@ -184,7 +184,13 @@ impl Engine {
                     batch.pages.push(page);
                 }
             }
-            Source::Copies => self.copy_dirty(&mut flags, &dirty, &mut batch)?,
+            Source::Copies => {
+                if let Err(e) = self.copy_dirty(&mut flags, &dirty, &mut batch) {
+                    // The pages copied so far were marked clean: dirty again.
+                    batch.pages.iter().for_each(|&p| flags.redirty(p));
+                    return Err(e);
+                }
+            }
         }
         Ok(Some(batch))
     }

@@ -38,7 +38,8 @@ impl Engine {
     /// last protected, protects them again, and marks those the flags call
     /// resident dirty. The rest it reports are absent pages, which read as
     /// written until a scan leaves a marker on them: nothing to write there.
-    /// Runs with the layout lock held, so EOF stays put.
+    /// Runs with the layout lock held, so EOF stays put. On an error, what
+    /// the scan reported before it still counts (the kernel protected it).
     pub fn collect_written(&self, pages: Range<u64>) -> io::Result<()> {
         let end = pages.end.min(
             self.eof
@@ -51,10 +52,16 @@ impl Engine {
         let mut written = Vec::new();
         let base = self.region.base();
         let addr = |p: u64| base + p * self.geo.page;
-        sys::take_written(addr(pages.start), addr(end), &mut written)?;
+        let scanned = sys::take_written(addr(pages.start), addr(end), &mut written);
         let mut flags = self.lock_flags();
         for range in written {
             for p in (range.start - base) / self.geo.page..(range.end - base).div_ceil(self.geo.page) {
+                // A page being filled is in memory before the flags say so,
+                // and any thread may write it then (the kernel lets it): wait
+                // for the fill to be recorded, so the write is not lost.
+                while flags.residency(p) == Residency::Absent && flags.claims.filling(p) {
+                    flags = self.wait_for_claims(flags);
+                }
                 match flags.residency(p) {
                     Residency::Absent => {}
                     Residency::Writable => flags.protected(p),
@@ -65,7 +72,7 @@ impl Engine {
                 }
             }
         }
-        Ok(())
+        scanned
     }
 
     /// Zeroes the bytes `within` of `page`; `dirty`: the zeros must reach

@@ -249,8 +249,9 @@ impl Service {
     /// Looks for work without sleeping for up to [`SPIN`]: a thread whose
     /// fault was just served often faults again within microseconds, and a
     /// worker that slept must be woken, which costs ~20 µs on a CPU the
-    /// kernel has halted. The faulting thread sleeps meanwhile, so the spin
-    /// takes no CPU time from it.
+    /// kernel has halted. The thread whose fault was served usually sleeps
+    /// until then; on a loaded machine the spin takes CPU time from others,
+    /// for at most [`SPIN`] after each piece of work.
     fn spin_for_work(&self) -> io::Result<Option<sys::Ready>> {
         let began = Instant::now();
         while began.elapsed() < SPIN {

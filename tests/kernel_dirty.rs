@@ -97,6 +97,12 @@ fn main() {
         ],
     ]
     .concat();
+    cases.extend(both_deliveries!(
+        "writes_to_pages_a_read_fill_brings_in_survive_a_racing_flush",
+        writes_to_pages_a_read_fill_brings_in_survive_a_racing_flush,
+        End::Exit(0),
+        Setup::Tmpfs
+    ));
     cases.push((
         "without_wp_async_the_mapping_tracks_by_faults",
         without_wp_async_the_mapping_tracks_by_faults,
@@ -430,4 +436,70 @@ fn a_system_call_writing_into_clean_pages_is_found_by_the_flush(delivery: Delive
     assert_eq!(read_file(&path), expected);
     assert_eq!(map.stats().pages_found_written, 2);
     map.check_invariants().unwrap();
+}
+
+/// A read fill puts pages in memory before the flags record them, and a
+/// thread may write one at once (the kernel lets it); a flush whose scan
+/// meets that write must not drop it as a write to an absent page. Rounds
+/// of: a reader walking a file (its faults fill pages ahead), a writer
+/// writing each page once right behind the fills, and a flusher flushing
+/// all along; after the last flush every page holds its write.
+fn writes_to_pages_a_read_fill_brings_in_survive_a_racing_flush(delivery: Delivery) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const ROUND_PAGES: usize = 256;
+    let began = std::time::Instant::now();
+    let mut rounds = 0;
+    while began.elapsed() < std::time::Duration::from_secs(3) {
+        let path = dir().join(format!("f{rounds}"));
+        std::fs::write(&path, vec![1u8; ROUND_PAGES * PAGE]).unwrap();
+        let map = MappingOptions::new()
+            .delivery(delivery)
+            .dirty_tracking(DirtyTracking::Kernel)
+            .capacity(1 << 21)
+            .open(&path)
+            .unwrap();
+        let read_to = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for p in 0..ROUND_PAGES {
+                    std::hint::black_box(load(&map, p * PAGE, 1));
+                    read_to.store(p + 1, Ordering::Release);
+                }
+            });
+            s.spawn(|| {
+                // Each page once, as soon as a fill ahead may have brought
+                // it in: a few pages past where the reader has got to.
+                let mut p = 0;
+                while p < ROUND_PAGES {
+                    if p < read_to.load(Ordering::Acquire) + 8 {
+                        store(&map, p * PAGE + 100, &[2u8]);
+                        p += 1;
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                stop.store(true, Ordering::Release);
+            });
+            s.spawn(|| {
+                while !stop.load(Ordering::Acquire) {
+                    map.flush().unwrap();
+                }
+            });
+        });
+        map.flush().unwrap();
+        let file = read_file(&path);
+        for p in 0..ROUND_PAGES {
+            assert_eq!(
+                file[p * PAGE + 100],
+                2,
+                "round {rounds}: the write to page {p} was lost"
+            );
+        }
+        map.check_invariants().unwrap();
+        drop(map);
+        std::fs::remove_file(&path).unwrap();
+        rounds += 1;
+    }
+    println!("{rounds} rounds");
 }

@@ -421,6 +421,18 @@ impl Uffd {
     /// under us: both are returned as-is for the caller to act on.
     #[doc(alias = "UFFDIO_COPY")]
     pub(crate) fn copy(&self, dst: u64, src: &[u8], protect: bool, wake: bool) -> io::Result<()> {
+        self.copy_counted(dst, src, protect, wake).map_err(|(_, e)| e)
+    }
+
+    /// [`copy`](Self::copy), saying on failure how many bytes from `dst`
+    /// went in before it (whole pages).
+    pub(crate) fn copy_counted(
+        &self,
+        dst: u64,
+        src: &[u8],
+        protect: bool,
+        wake: bool,
+    ) -> Result<(), (u64, io::Error)> {
         let mut done = 0u64;
         let len = src.len() as u64;
         while done < len {
@@ -439,7 +451,7 @@ impl Uffd {
             match result {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err((done, e)),
             }
         }
         Ok(())
