@@ -139,6 +139,30 @@ fn bad_arguments_give_one_line_and_a_nonzero_exit() {
 }
 
 #[test]
+fn kernel_dirty_tracking_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f");
+    let f = file.to_str().unwrap();
+    let write = |at: &str, data: &str, extra: &[&str]| {
+        let mut cmd = pager();
+        cmd.args(["write", f, at, "--data", data, "--dirty-tracking", "kernel"])
+            .args(extra);
+        cmd.output().unwrap()
+    };
+    assert!(write("0", "hello", &[]).status.success());
+    assert!(write("2", "LL", &[]).status.success());
+    let cat = pager().args(["cat", f]).output().unwrap();
+    assert_eq!(cat.stdout, b"heLLo");
+    // Blocks smaller than a page cannot be kept safe in this mode.
+    let refused = write("0", "x", &["--block-size", "1024"]);
+    one_line_error(&refused);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("DirtyTracking::Kernel"),
+        "{refused:?}"
+    );
+}
+
+#[test]
 fn write_cat_stat_and_a_full_store_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("f");

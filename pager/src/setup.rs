@@ -4,8 +4,8 @@ use std::path::Path;
 
 use clap::{Args, ValueEnum};
 use mkwrite::{
-    Delivery, FileStore, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Mapping, MappingOptions, MemStore, NbdOptions,
-    OnFull, QuotaStore, Store, UffdOrigin,
+    Delivery, DirtyTracking, FileStore, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, Mapping, MappingOptions, MemStore,
+    NbdOptions, OnFull, QuotaStore, Store, UffdOrigin,
 };
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -22,6 +22,14 @@ pub enum DeliveryArg {
     HandlerThread,
     /// The faulting thread resolves its own fault in a SIGBUS handler (faster).
     InThread,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DirtyTrackingArg {
+    /// Every first write after a flush faults.
+    Faults,
+    /// The kernel notes writes after a flush (no fault); reading a hole allocates (Linux 6.7+).
+    Kernel,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,6 +90,9 @@ pub struct Common {
     /// Who resolves a fault.
     #[arg(long, value_enum, default_value = "handler-thread")]
     pub delivery: DeliveryArg,
+    /// Who finds the pages written since the last flush.
+    #[arg(long, value_enum, default_value = "faults")]
+    pub dirty_tracking: DirtyTrackingArg,
 }
 
 impl Common {
@@ -138,6 +149,10 @@ impl Common {
         opts.delivery(match self.delivery {
             DeliveryArg::HandlerThread => Delivery::HandlerThread,
             DeliveryArg::InThread => Delivery::InThread,
+        });
+        opts.dirty_tracking(match self.dirty_tracking {
+            DirtyTrackingArg::Faults => DirtyTracking::Faults,
+            DirtyTrackingArg::Kernel => DirtyTracking::Kernel,
         });
         opts.map_store(store)
     }
