@@ -519,9 +519,8 @@ impl Engine {
     /// Carries out `plan` without the flags lock (the plan's claim keeps
     /// every other fill and every layout change off its pages): reads them
     /// into `buffer` (`None` for a plan whose pages read as zeros) and
-    /// installs them. Returns
-    /// how many went in: all, or only the first if a page ahead turned out
-    /// to be present.
+    /// installs them. Returns how many went in: all, or those before a
+    /// page that turned out to be present (a bookkeeping slip).
     pub fn fill(
         &self,
         plan: &FillPlan,
@@ -543,10 +542,15 @@ impl Engine {
         // a thread that faulted here may look at them next (`stats`, `flush`).
         match self.install_counted(first, buf, plan.writable, false) {
             Ok(()) => Ok(count),
-            // Some page ahead was not what the flags said: the pages before
-            // it went in, the fault's own first, and count as the fill
-            // (dropping them could lose a write the kernel let through).
-            Err((done, _)) if done >= self.geo.page => Ok(done / self.geo.page),
+            // Some page was not what the flags said: the pages before it
+            // went in and count as the fill (dropping them could lose a
+            // write the kernel let through). The faulting page may not be
+            // among them (a fill around it starts lower): wake its thread,
+            // which faults again if it is still missing.
+            Err((done, _)) if done >= self.geo.page => {
+                let _ = self.wake(plan.fault);
+                Ok(done / self.geo.page)
+            }
             Err((_, e)) => Err(e.into()),
         }
     }

@@ -38,8 +38,9 @@ impl Engine {
     /// last protected, protects them again, and marks those the flags call
     /// resident dirty. The rest it reports are absent pages, which read as
     /// written until a scan leaves a marker on them: nothing to write there.
-    /// Runs with the layout lock held, so EOF stays put. On an error, what
-    /// the scan reported before it still counts (the kernel protected it).
+    /// Runs with the layout lock held, so EOF stays put. On an error the
+    /// kernel may have protected pages it did not report: every resident
+    /// page of the range counts as written.
     pub fn collect_written(&self, pages: Range<u64>) -> io::Result<()> {
         let end = pages.end.min(
             self.eof
@@ -54,6 +55,10 @@ impl Engine {
         let addr = |p: u64| base + p * self.geo.page;
         let scanned = sys::take_written(addr(pages.start), addr(end), &mut written);
         let mut flags = self.lock_flags();
+        if scanned.is_err() {
+            written.clear();
+            written.push(addr(pages.start)..addr(end));
+        }
         for range in written {
             for p in (range.start - base) / self.geo.page..(range.end - base).div_ceil(self.geo.page) {
                 // A page being filled is in memory before the flags say so,
