@@ -210,8 +210,32 @@ impl Server {
     }
 
     /// SIGSTOP: the server keeps its connections but answers nothing.
+    /// Stops the server (SIGSTOP) and waits until every thread of it is
+    /// stopped: the signal takes effect when each next runs, and a request
+    /// sent before that would still be answered.
     pub fn pause(&self) {
         kill(self.pid(), Signal::SIGSTOP).unwrap();
+        let tasks = format!("/proc/{}/task", self.pid());
+        // A thread's state is the field after its parenthesised name.
+        let stopped = |stat: std::path::PathBuf| {
+            std::fs::read_to_string(stat)
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                .unwrap_or(true) // a thread that ended meanwhile
+        };
+        let all_stopped = || {
+            std::fs::read_dir(&tasks)
+                .unwrap()
+                .all(|task| stopped(task.unwrap().path().join("stat")))
+        };
+        let began = std::time::Instant::now();
+        while !all_stopped() {
+            assert!(
+                began.elapsed() < std::time::Duration::from_secs(5),
+                "the server never stopped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     pub fn resume(&self) {
