@@ -293,39 +293,35 @@ impl Engine {
     #[allow(unsafe_code)]
     fn write_from_mapping(&self, range: Range<u64>) -> Result<()> {
         let len = (range.end - range.start) as usize;
-        if self.kernel_dirty {
+        let wrote = if self.kernel_dirty {
             // Writers are not held off (the kernel lets them through), so the
             // store gets bytes that may change: a write racing this one
             // marks its page written again, and the next flush rewrites it.
             let data = self.region.live(range.start as usize, len);
-            let wrote = self
-                .counters
-                .timed(Timer::StoreWrite, || self.store.write_live(range.start, data));
-            return match wrote {
-                // The store cannot take them, or (in-thread delivery) a page
-                // is gone: copies, which find it.
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::Unsupported
-                        || e.raw_os_error() == Some(libc::EFAULT) =>
-                {
-                    self.write_copied(range)
-                }
-                other => Ok(other?),
-            };
-        }
-        // SAFETY: the pages under `range` are write-protected and in
-        // writeback: every write to them (a fault, a checked call) waits
-        // until `written_back`, and layout changes and eviction wait for
-        // this flush's locks, so nothing of the mapping's changes them while
-        // the store reads them. Only the user may drop them behind the
-        // mapping's back (`madvise`); the store reads them inside system
-        // calls only (`Store::writes_from_mapping`), which then fault in the
-        // kernel (the fault service fills the page) or fail with `EFAULT`.
-        let data = unsafe { self.region.bytes(range.start as usize, len) };
-        match self.store_write(range.start, data) {
+            self.counters
+                .timed(Timer::StoreWrite, || self.store.write_live(range.start, data))
+        } else {
+            // SAFETY: the pages under `range` are write-protected and in
+            // writeback: every write to them (a fault, a checked call) waits
+            // until `written_back`, and layout changes and eviction wait for
+            // this flush's locks, so nothing of the mapping's changes them while
+            // the store reads them. Only the user may drop them behind the
+            // mapping's back (`madvise`); the store reads them inside system
+            // calls only (`Store::writes_from_mapping`), which then fault in the
+            // kernel (the fault service fills the page) or fail with `EFAULT`.
+            let data = unsafe { self.region.bytes(range.start as usize, len) };
+            self.store_write(range.start, data)
+        };
+        match wrote {
             // With in-thread delivery a system call gets `EFAULT` for a page
-            // that is gone: write what is left from copies, which find it.
-            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => self.write_copied(range),
+            // that is gone; a store may take no `LiveBytes`: write from
+            // copies, which find a gone page.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EFAULT)
+                    || (self.kernel_dirty && e.kind() == std::io::ErrorKind::Unsupported) =>
+            {
+                self.write_copied(range)
+            }
             other => Ok(other?),
         }
     }

@@ -236,6 +236,20 @@ impl FileStore {
         self.resize.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Writes `len` bytes at `offset` with `write`, given how many lie below
+    /// EOF, once the file is checked to have the length this store gave it;
+    /// no resize meanwhile.
+    fn write_checked(
+        &self,
+        offset: u64,
+        len: usize,
+        write: impl FnOnce(usize) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let _resize = self.lock_resize();
+        self.check_len()?;
+        write(super::below_eof(self.len(), offset, len))
+    }
+
     /// Fails if the file's length is not the one this store gave it: another
     /// process truncated or extended it, and writing on would bring truncated
     /// data back (reading on would serve zeros for data that was there).
@@ -277,10 +291,9 @@ impl Store for FileStore {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let _resize = self.lock_resize();
-        self.check_len()?;
-        let visible = self.len().saturating_sub(offset).min(data.len() as u64) as usize;
-        self.file.write_all_at(&data[..visible], offset)
+        self.write_checked(offset, data.len(), |visible| {
+            self.file.write_all_at(&data[..visible], offset)
+        })
     }
 
     fn signal_safe(&self) -> Option<&dyn SignalSafe> {
@@ -294,10 +307,9 @@ impl Store for FileStore {
     }
 
     fn write_live(&self, offset: u64, data: LiveBytes<'_>) -> io::Result<()> {
-        let _resize = self.lock_resize();
-        self.check_len()?;
-        let visible = self.len().saturating_sub(offset).min(data.len() as u64) as usize;
-        data.slice(0..visible).write_all_at(&self.file, offset)
+        self.write_checked(offset, data.len(), |visible| {
+            data.slice(0..visible).write_all_at(&self.file, offset)
+        })
     }
 
     /// `SEEK_DATA` reports every byte of data (a filesystem without it

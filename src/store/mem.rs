@@ -123,7 +123,7 @@ impl Store for MemStore {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let inner = self.lock();
         buf.fill(0);
-        let visible = inner.len.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let visible = super::below_eof(inner.len, offset, buf.len());
         self.pieces(offset, visible, |block, at, range| {
             if let Some(data) = inner.blocks.get(&block) {
                 let n = range.len();
@@ -135,7 +135,7 @@ impl Store for MemStore {
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut inner = self.lock();
-        let visible = inner.len.saturating_sub(offset).min(data.len() as u64) as usize;
+        let visible = super::below_eof(inner.len, offset, data.len());
         let mut result = Ok(());
         self.pieces(offset, visible, |block, at, range| {
             match inner.blocks.get_mut(&block) {

@@ -432,6 +432,13 @@ macro_rules! forward_store {
 forward_store!(Box<S>);
 forward_store!(Arc<S>);
 
+/// How many of `count` bytes at `offset` lie below `len`: the ones a store
+/// reads or writes (bytes past its EOF read as zeros and are never written,
+/// DESIGN rule 5).
+pub(crate) fn below_eof(len: u64, offset: u64, count: usize) -> usize {
+    len.saturating_sub(offset).min(count as u64) as usize
+}
+
 /// Merges sorted block indexes into ranges.
 pub(crate) fn runs(blocks: impl IntoIterator<Item = u64>) -> Vec<Range<u64>> {
     let mut out: Vec<Range<u64>> = Vec::new();

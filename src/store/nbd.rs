@@ -758,7 +758,7 @@ impl Store for NbdStore {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let _resize = self.resize.read().unwrap_or_else(|e| e.into_inner());
-        let visible = self.len().saturating_sub(offset).min(buf.len() as u64) as usize;
+        let visible = super::below_eof(self.len(), offset, buf.len());
         buf[visible..].fill(0);
         if visible == 0 {
             return Ok(());
@@ -781,7 +781,7 @@ impl Store for NbdStore {
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let _resize = self.resize.read().unwrap_or_else(|e| e.into_inner());
-        let visible = self.len().saturating_sub(offset).min(data.len() as u64);
+        let visible = super::below_eof(self.len(), offset, data.len()) as u64;
         let client = self.client().map_err(|e| self.abandon_writes(e))?;
         if let Some(e) = self.writes.take_failure() {
             return Err(self.abandon_writes(e));

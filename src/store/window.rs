@@ -81,7 +81,7 @@ impl<S: Store> Store for Window<S> {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let visible = self.len().saturating_sub(offset).min(buf.len() as u64) as usize;
+        let visible = super::below_eof(self.len(), offset, buf.len());
         self.inner.read_at(self.offset + offset, &mut buf[..visible])?;
         buf[visible..].fill(0);
         Ok(())
@@ -89,7 +89,7 @@ impl<S: Store> Store for Window<S> {
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         // Bytes past the window's end are dropped, as past a file's EOF.
-        let visible = self.len().saturating_sub(offset).min(data.len() as u64) as usize;
+        let visible = super::below_eof(self.len(), offset, data.len());
         self.inner.write_at(self.offset + offset, &data[..visible])
     }
 
@@ -145,7 +145,7 @@ impl<S: Store> Store for Window<S> {
 
     fn write_live(&self, offset: u64, data: LiveBytes<'_>) -> io::Result<()> {
         // Bytes past the window's end are dropped, as in `write_at`.
-        let visible = self.len().saturating_sub(offset).min(data.len() as u64) as usize;
+        let visible = super::below_eof(self.len(), offset, data.len());
         self.inner
             .write_live(self.offset + offset, data.slice(0..visible))
     }
@@ -156,7 +156,7 @@ impl<S: Store> Store for Window<S> {
 #[allow(unsafe_code)]
 unsafe impl<S: Store> SignalSafe for Window<S> {
     fn read_at_in_signal(&self, offset: u64, buf: &mut [u8]) -> Result<(), i32> {
-        let visible = self.len().saturating_sub(offset).min(buf.len() as u64) as usize;
+        let visible = super::below_eof(self.len(), offset, buf.len());
         let inner = self.inner.signal_safe().ok_or(libc::ENOTSUP)?;
         inner.read_at_in_signal(self.offset + offset, &mut buf[..visible])?;
         buf[visible..].fill(0);

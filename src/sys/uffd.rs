@@ -283,9 +283,9 @@ impl Uffd {
         // UFFDIO_API may be called once per fd: ask one fd what the kernel
         // offers, then negotiate on a second.
         let (fd, origin) = create(fallback, user_mode_only)?;
-        let offered = Uffd::with(fd, origin, sigbus, false).negotiate(0)?;
+        let offered = Uffd::with(fd, origin, sigbus).negotiate(0)?;
         let (fd, origin) = create(fallback, user_mode_only)?;
-        let mut uffd = Uffd::with(fd, origin, sigbus, false);
+        let mut uffd = Uffd::with(fd, origin, sigbus);
         let features = uffd.negotiate(required | (offered & optional))?;
         uffd.wp_async = features & FEATURE_WP_ASYNC != 0 && wp_async;
         if features & required != required {
@@ -300,13 +300,13 @@ impl Uffd {
         Ok(uffd)
     }
 
-    fn with(fd: OwnedFd, origin: UffdOrigin, sigbus: bool, wp_async: bool) -> Uffd {
+    fn with(fd: OwnedFd, origin: UffdOrigin, sigbus: bool) -> Uffd {
         Uffd {
             fd,
             origin,
             poison: std::sync::atomic::AtomicBool::new(false),
             sigbus,
-            wp_async,
+            wp_async: false,
         }
     }
 
