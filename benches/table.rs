@@ -515,15 +515,15 @@ fn print_table(rows: &[Row]) {
 fn print_breakdown(rows: &[Row]) {
     println!("\nWhere mkwrite's time went (its counters for the median run; per unit of the row):");
     println!(
-        "| workload | fs | faults missing r/w, wp | in-thread / handed off | allocate calls | handler per fault | store read / allocate / write / sync | ioctls |"
+        "| workload | fs | faults missing r/w, wp | in-thread / handed off | found ready / fill waits | allocate calls | handler per fault | store read / allocate / write / sync | ioctls |"
     );
-    println!("| --- | --- | --- | --- | ---: | ---: | --- | ---: |");
+    println!("| --- | --- | --- | --- | --- | ---: | ---: | --- | ---: |");
     for r in rows {
         let Some(s) = r.mk.stats else { continue };
         let units = r.mk.units.max(1) as u32;
         let faults = s.faults_missing_read + s.faults_missing_write + s.faults_write_protect;
         println!(
-            "| {} | {} | {} / {}, {} | {} / {} | {:.2} | {} | {} / {} / {} / {} | {} |",
+            "| {} | {} | {} / {}, {} | {} / {} | {} / {} | {:.2} | {} | {} / {} / {} / {} | {} |",
             r.name,
             r.fs,
             s.faults_missing_read,
@@ -531,6 +531,8 @@ fn print_breakdown(rows: &[Row]) {
             s.faults_write_protect,
             s.faults_in_thread,
             s.faults_handed_off,
+            s.faults_found_ready,
+            s.fill_waits,
             s.allocate_calls as f64 / f64::from(units),
             us(s.handler_time / (faults.max(1) as u32)),
             us(s.store_read_time / units),

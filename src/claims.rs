@@ -113,6 +113,11 @@ impl Claims {
         self.fills[slot] = None;
     }
 
+    /// The pages the fill in `slot` claimed (none if the slot is free).
+    pub fn fill_pages(&self, slot: usize) -> Range<u64> {
+        self.fills[slot].as_ref().map_or(0..0, |f| f.pages.clone())
+    }
+
     /// Whether `page` is being filled.
     pub fn filling(&self, page: u64) -> bool {
         self.fills.iter().flatten().any(|f| f.pages.contains(&page))
@@ -259,7 +264,7 @@ impl Engine {
     fn end_claim(&self, flags: &mut Flags, slot: Slot) {
         match slot {
             Slot::Allocation(i) => flags.claims.release(i),
-            Slot::Fill(i) => flags.claims.release_fill(i),
+            Slot::Fill(i) => flags.release_fill(i),
         }
         self.claim_events.ended();
     }
@@ -316,9 +321,13 @@ impl Engine {
                 flags = self.wait_for_claims(flags);
                 continue;
             }
-            if flags.claims.filling(page) {
-                // Another fault fills it: once it is in, this one finds it ready.
-                flags = self.wait_for_claims(flags);
+            if flags.filling(page) {
+                // Another fault fills it: once it is in, this one finds it
+                // ready. Sleep on that page alone, without the lock.
+                drop(flags);
+                self.counters.fill_wait();
+                self.page_states.wait_while_filling(page);
+                flags = self.lock_flags();
                 continue;
             }
             if let Some((span, own)) = self.blocks_to_claim(&flags, page, access, &mut ahead_asked) {
@@ -380,7 +389,7 @@ impl Engine {
         plan: FillPlan,
         calls: StoreCalls<'_>,
     ) -> Filled<'a> {
-        let Claim::Taken(slot) = flags.claims.claim_fill(plan.pages.clone(), plan.writable) else {
+        let Claim::Taken(slot) = flags.claim_fill(plan.pages.clone(), plan.writable) else {
             return Filled::Again(self.wait_for_claims(flags));
         };
         // A buffer per fill slot: one is free while this claim is held.
@@ -401,15 +410,18 @@ impl Engine {
         let slot = Slot::Fill(slot);
         let unwinding = ReleaseOnUnwind { engine: self, slot };
         let outcome = self.fill(&plan, buffer.as_mut().map(FillBuffer::bytes_mut), calls);
-        std::mem::forget(unwinding);
         drop(buffer);
+        // Declared after `unwinding`, so on a panic while recording it is
+        // dropped first, and the claim's release can take the lock.
         let mut flags = self.lock_flags();
-        self.end_claim(&mut flags, slot);
         let resolved = outcome.and_then(|count| {
             let resolved = self.filled(&mut flags, &plan, count);
             self.woken(&plan, count)?;
             resolved
         });
+        std::mem::forget(unwinding);
+        // After the record: a fault sleeping on a page finds it in memory.
+        self.end_claim(&mut flags, slot);
         Filled::Done(flags, resolved)
     }
 

@@ -20,6 +20,7 @@ use crate::geometry::Geometry;
 use crate::handler::Waiting;
 use crate::handoff::Handoffs;
 use crate::options::OnFull;
+use crate::page_state::PageStates;
 use crate::service::Service;
 use crate::stats::{Counters, Timer};
 use crate::store::{SignalSafe, Store};
@@ -36,6 +37,9 @@ pub(crate) struct Engine {
     pub geo: Geometry,
     /// Per-page and per-block flags and EOF.
     pub flags: Mutex<Flags>,
+    /// The pages' states, written under the flags lock, read without it
+    /// (`page_state.rs`); the same as the flags'.
+    pub page_states: Arc<PageStates>,
     /// EOF as of the last change, readable without the flags lock (a forked
     /// child may find that lock held by a parent thread that does not exist there).
     pub eof: AtomicU64,
@@ -603,7 +607,7 @@ impl Engine {
             && !flags.past_eof(p)
             && flags.residency(p) == Residency::Absent
             && !flags.is_poisoned(p)
-            && !flags.claims.filling(p)
+            && !flags.filling(p)
             && !self.is_fenced(p)
             && (!(writable || self.kernel_dirty) || flags.missing_blocks(p).is_none())
             && (!writable || !flags.in_writeback(p))

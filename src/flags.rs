@@ -27,8 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::bitmaps::Bitmaps;
-use crate::claims::Claims;
+use crate::claims::{Claim, Claims};
 use crate::geometry::{Geometry, intersect};
+use crate::page_state::{PageStates, State};
 
 /// Whether a page is in memory and whether it may be written without a fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,10 @@ pub(crate) struct Flags {
     eof: u64,
     /// The bits, numbered by the constants below; memory only where set.
     bits: Bitmaps<MAPS>,
+    /// Each page's residency, and whether a fill has claimed it: the truth
+    /// for both, readable without this lock (`page_state.rs`). The
+    /// `RESIDENT` bits index it for scans.
+    states: Arc<PageStates>,
     /// Resident bytes, counted into a budget's total (`budget.rs`).
     meter: Option<Arc<AtomicU64>>,
     lost: Vec<Range<u64>>,
@@ -58,34 +63,32 @@ pub(crate) struct Flags {
     writer_parked: bool,
 }
 
-/// Per page: in memory (protected or writable).
+/// Per page: in memory (protected or writable): the index of the resident
+/// pages in `states`, kept with them in [`Flags::set_residency`].
 const RESIDENT: usize = 0;
-/// Per page: in memory and writable (only with `RESIDENT`).
-const WRITABLE: usize = 1;
-const DIRTY: usize = 2;
-const POISONED: usize = 3;
-const LOCKED: usize = 4;
+const DIRTY: usize = 1;
+const POISONED: usize = 2;
+const LOCKED: usize = 3;
 /// Per block.
-const ALLOCATED: usize = 5;
+const ALLOCATED: usize = 4;
 /// Per unit.
-const ZEROED: usize = 6;
+const ZEROED: usize = 5;
 /// Per page: faulted in or written since the clock hand last passed.
-const REFERENCED: usize = 7;
+const REFERENCED: usize = 6;
 /// Per page: evicted lately, and not back since (the eviction's memory).
-const GHOST: usize = 8;
+const GHOST: usize = 7;
 /// Per page: came back soon after it was evicted: a page in use that a
 /// fault-only view missed; the clock passes over it once more.
-const HOT: usize = 9;
+const HOT: usize = 8;
 /// Per page: a flush is writing it from the mapping's memory (`flush.rs`);
 /// writes to it wait until the flush is done with it.
-const WRITEBACK: usize = 10;
-const MAPS: usize = 11;
+const WRITEBACK: usize = 9;
+const MAPS: usize = 10;
 
 /// The length of each bitmap over `geo`.
 fn lens(geo: &Geometry) -> [u64; MAPS] {
     let pages = geo.pages();
     [
-        pages,
         pages,
         pages,
         pages,
@@ -107,6 +110,7 @@ impl Flags {
             geo,
             eof,
             bits: Bitmaps::new(lens(&geo))?,
+            states: Arc::new(PageStates::new(geo.pages())?),
             meter: None,
             lost: Vec::new(),
             claims: Claims::default(),
@@ -138,6 +142,7 @@ impl Flags {
             geo,
             eof: self.eof,
             bits,
+            states: Arc::new(self.states.grown(geo.pages())?),
             // The resident pages move with the meter: nothing to count again.
             meter: self.meter.take(),
             lost: self.lost.clone(),
@@ -155,19 +160,58 @@ impl Flags {
         self.eof = eof;
     }
 
+    /// The page states, for faults to read without this lock.
+    pub fn states(&self) -> Arc<PageStates> {
+        self.states.clone()
+    }
+
     pub fn residency(&self, page: u64) -> Residency {
-        match (self.bits.get(RESIDENT, page), self.bits.get(WRITABLE, page)) {
-            (false, _) => Residency::Absent,
-            (true, false) => Residency::Protected,
-            (true, true) => Residency::Writable,
+        match self.states.state(page) {
+            State::Absent | State::Filling => Residency::Absent,
+            State::Protected => Residency::Protected,
+            State::Writable => Residency::Writable,
         }
+    }
+
+    /// Whether a fill has claimed `page` and not yet recorded it.
+    pub fn filling(&self, page: u64) -> bool {
+        self.states.state(page) == State::Filling
+    }
+
+    /// Claims the absent pages `pages` for a fill (`writable`: installed
+    /// writable); each page's word moves to filling.
+    pub fn claim_fill(&mut self, pages: Range<u64>, writable: bool) -> Claim {
+        let claim = self.claims.claim_fill(pages.clone(), writable);
+        if matches!(claim, Claim::Taken(_)) {
+            for p in pages {
+                let claimed = self.states.claim(p);
+                debug_assert!(claimed, "page {p} planned for a fill but not absent");
+            }
+        }
+        claim
+    }
+
+    /// Ends the fill claim in `slot`: its pages the fill did not record go
+    /// back to absent, and faults sleeping on them wake.
+    pub fn release_fill(&mut self, slot: usize) {
+        for p in self.claims.fill_pages(slot) {
+            self.states.unclaim(p);
+        }
+        self.claims.release_fill(slot);
     }
 
     fn set_residency(&mut self, page: u64, residency: Residency) {
         let was = self.bits.get(RESIDENT, page);
         let now = residency != Residency::Absent;
         self.bits.set(RESIDENT, page, now);
-        self.bits.set(WRITABLE, page, residency == Residency::Writable);
+        self.states.set(
+            page,
+            match residency {
+                Residency::Absent => State::Absent,
+                Residency::Protected => State::Protected,
+                Residency::Writable => State::Writable,
+            },
+        );
         if now && (!was || residency == Residency::Writable) {
             self.bits.set(REFERENCED, page, true);
         }
@@ -313,11 +357,19 @@ impl Flags {
     /// A resident page was write-protected (its dirty mark is kept).
     pub fn protected(&mut self, page: u64) {
         debug_assert_ne!(self.residency(page), Residency::Absent);
+        debug_assert!(
+            !self.filling(page),
+            "only its fill's end moves a page being filled"
+        );
         self.set_residency(page, Residency::Protected);
     }
 
     /// A page was dropped from memory: absent and clean.
     pub fn dropped(&mut self, page: u64) {
+        debug_assert!(
+            !self.filling(page),
+            "only its fill's end moves a page being filled"
+        );
         self.set_residency(page, Residency::Absent);
         self.bits.set(DIRTY, page, false);
     }
@@ -374,6 +426,10 @@ impl Flags {
 
     /// A flush takes the page: clean and protected.
     pub fn cleaned(&mut self, page: u64) {
+        debug_assert!(
+            !self.filling(page),
+            "only its fill's end moves a page being filled"
+        );
         self.set_residency(page, Residency::Protected);
         self.bits.set(DIRTY, page, false);
     }
@@ -466,16 +522,25 @@ impl Flags {
             return Err(format!("block {block} allocated wholly past EOF {}", self.eof));
         }
         let pages = 0..self.geo.pages();
-        let mut marked: Vec<u64> = [RESIDENT, WRITABLE, DIRTY, POISONED, WRITEBACK]
+        // Every page's word is looked at: a resident page missing from the
+        // index would be found by no scan.
+        for page in pages.clone() {
+            let state = self.states.state(page);
+            if state == State::Filling && !self.claims.filling(page) {
+                return Err(format!("page {page} filling with no fill claim"));
+            }
+            let resident = matches!(state, State::Protected | State::Writable);
+            if resident != self.bits.get(RESIDENT, page) {
+                return Err(format!("page {page} {state:?} but indexed otherwise"));
+            }
+        }
+        let mut marked: Vec<u64> = [RESIDENT, DIRTY, POISONED, WRITEBACK]
             .into_iter()
             .flat_map(|map| self.bits.ones(map, pages.clone()))
             .collect();
         marked.sort_unstable();
         marked.dedup();
         for page in marked {
-            if self.bits.get(WRITABLE, page) && !self.bits.get(RESIDENT, page) {
-                return Err(format!("page {page} writable but not resident"));
-            }
             let r = self.residency(page);
             if r == Residency::Writable && self.in_writeback(page) {
                 return Err(format!("page {page} writable in writeback"));

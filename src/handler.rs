@@ -263,6 +263,13 @@ fn park(engine: &Engine, fault: Fault, rings: u64) {
 /// Makes the faulting page ready under the flags lock, or says why not.
 fn resolve(engine: &Engine, fault: &Fault) -> Result<(), Failure> {
     let (_, page, access) = locate(engine, fault);
+    if found_ready(engine, fault, page, access)? {
+        engine.counters.found_ready();
+        if fault.slot.is_none() {
+            engine.wake(page)?;
+        }
+        return Ok(());
+    }
     let mut flags = engine.lock_flags();
     if !fault.write_protect {
         // A missing page the flags call resident was dropped behind our back
@@ -277,6 +284,22 @@ fn resolve(engine: &Engine, fault: &Fault) -> Result<(), Failure> {
         engine.wake(page)?;
     }
     Ok(())
+}
+
+/// Whether the missing page of a fault already serves its access, as its
+/// state word says without the flags lock (`page_state.rs`): another fault
+/// resolved it since this one was reported (a neighbour's fill took it
+/// along, or several threads faulted on it). The thread then only needs
+/// waking; if the page still does not serve it, it faults again. Left to
+/// the flags: a page the word calls in memory but is not (dropped behind
+/// the mapping's back), a fenced page (its fence is lifted under the lock),
+/// and write-protect faults (a page the word calls writable may be being
+/// protected right now: the word changes after the kernel's protection).
+fn found_ready(engine: &Engine, fault: &Fault, page: u64, access: Access) -> io::Result<bool> {
+    Ok(!fault.write_protect
+        && engine.page_states.state(page).allows(access)
+        && engine.region.is_resident(engine.page_offset(page))?
+        && !engine.is_fenced(page))
 }
 
 /// Ends a system call that spins on a parked fault: its page is fenced, so

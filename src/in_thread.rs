@@ -30,6 +30,7 @@ use crate::engine::{Access, Engine, StoreCalls};
 use crate::error::{Error, Result};
 use crate::flags::Residency;
 use crate::handoff::Posted;
+use crate::page_state::State;
 use crate::registry::Registry;
 use crate::sys::guard::{self, Interrupted, PageFault, Verdict};
 
@@ -87,7 +88,7 @@ impl Engine {
     fn fault_in_thread(&self, addr: u64, fault: PageFault, interrupted: &Interrupted) -> Verdict {
         let page = self.geo.page_of(addr - self.region.base());
         let access = if fault.write { Access::Write } else { Access::Read };
-        if self.resolved_here(page, access, fault.present) {
+        if self.resolved_here(page, access, fault.present, interrupted) {
             return Verdict::Resolved;
         }
         let fault = Posted {
@@ -109,9 +110,12 @@ impl Engine {
     /// Tries to resolve the fault in this signal handler; false if it must
     /// be handed off. Counts the fault either way. `present`: the CPU found
     /// the page mapped (a write-protect fault).
-    fn resolved_here(&self, page: u64, access: Access, present: bool) -> bool {
-        let flags = self.lock_flags();
+    fn resolved_here(&self, page: u64, access: Access, present: bool, interrupted: &Interrupted) -> bool {
         let resident = || self.region.is_resident(self.page_offset(page)).ok();
+        if self.settled_without_lock(page, access, present, resident, interrupted) {
+            return true;
+        }
+        let flags = self.lock_flags();
         let write_protect = match (flags.residency(page), access) {
             (Residency::Absent, _) => false,
             // A write to a page the CPU found mapped and the flags protect.
@@ -150,5 +154,42 @@ impl Engine {
             self.counters.in_thread();
         }
         resolved
+    }
+
+    /// Whether the fault at `page` needs nothing from this thread, as its
+    /// state word says, read without the flags lock (`page_state.rs`): the
+    /// page was missing and now serves the access (resolved by another
+    /// thread a moment ago), or it was being filled and now the fill has
+    /// ended. Either way the thread runs its access again, and faults again
+    /// if the page still does not serve it. Left to the flags: a page the
+    /// word calls in memory but is not (dropped behind the mapping's back),
+    /// and a write-protect fault (`present`) on a page the word calls
+    /// writable, which is being protected right now (the word changes
+    /// after the kernel's protection, under the lock: retrying at once
+    /// would spin until it does).
+    fn settled_without_lock(
+        &self,
+        page: u64,
+        access: Access,
+        present: bool,
+        resident: impl Fn() -> Option<bool>,
+        interrupted: &Interrupted,
+    ) -> bool {
+        match self.page_states.state(page) {
+            State::Filling => {
+                self.counters.fault(access == Access::Write, present);
+                self.counters.fill_wait();
+                // A network store's read may take milliseconds: let the
+                // thread's other signals in meanwhile; no lock is held here.
+                interrupted.let_signals_in();
+                self.page_states.wait_while_filling(page);
+                true
+            }
+            state if state.allows(access) && !present && resident() == Some(true) => {
+                self.counters.found_ready();
+                true
+            }
+            _ => false,
+        }
     }
 }

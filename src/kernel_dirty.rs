@@ -64,7 +64,7 @@ impl Engine {
                 // A page being filled is in memory before the flags say so,
                 // and any thread may write it then (the kernel lets it): wait
                 // for the fill to be recorded, so the write is not lost.
-                while flags.residency(p) == Residency::Absent && flags.claims.filling(p) {
+                while flags.filling(p) {
                     flags = self.wait_for_claims(flags);
                 }
                 match flags.residency(p) {

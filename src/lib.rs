@@ -120,6 +120,7 @@ mod in_thread;
 mod kernel_dirty;
 mod mapping;
 mod options;
+mod page_state;
 mod raw;
 #[allow(unsafe_code)] // raw pointers read by a signal handler; see its module docs
 mod registry;

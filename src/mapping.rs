@@ -165,15 +165,17 @@ impl Mapping {
             .register(region.base(), region.len() as u64, opts.read_only)?;
         crate::engine::init_zero_pages()?;
         let fill_buffers = crate::engine::fill_buffers_for(&geo)?;
+        let flags = match &budget {
+            Some(b) => Flags::new(geo, len, &allocated)?.metered(b.meter()),
+            None => Flags::new(geo, len, &allocated)?,
+        };
         let engine = Arc::new(Engine {
             region,
             service,
             store,
             geo,
-            flags: Mutex::new(match &budget {
-                Some(b) => Flags::new(geo, len, &allocated)?.metered(b.meter()),
-                None => Flags::new(geo, len, &allocated)?,
-            }),
+            page_states: flags.states(),
+            flags: Mutex::new(flags),
             budget: budget.clone(),
             clock_hand: Mutex::new(0),
             ghosts: Mutex::default(),

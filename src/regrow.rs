@@ -49,7 +49,10 @@ impl Engine {
             .copy_into(&region, &mut flags)
             .and_then(|()| Ok(flags.regrown(geo)?));
         *self.flags.get_mut().unwrap_or_else(|e| e.into_inner()) = match grown {
-            Ok(grown) => grown,
+            Ok(grown) => {
+                self.page_states = grown.states();
+                grown
+            }
             Err(e) => {
                 *self.flags.get_mut().unwrap_or_else(|e| e.into_inner()) = flags;
                 let _ = self.uffd().unregister(region.base(), region.len() as u64);

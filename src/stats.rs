@@ -93,6 +93,13 @@ pub struct Stats {
     /// Fills (store reads and copies into the mapping) started while
     /// another fault's was in flight: faults filling in parallel.
     pub fills_overlapped: u64,
+    /// Faults that found their page being filled by another and slept on
+    /// that page's state word, without the mapping's lock, until it was in.
+    pub fill_waits: u64,
+    /// Faults that found their page already serving their access (another
+    /// fault resolved it a moment before) from its state word alone,
+    /// without the mapping's lock.
+    pub faults_found_ready: u64,
     /// Writes that found their page being written back by a flush straight
     /// from the mapping's memory, and waited for it (counted once a wait).
     pub writeback_waits: u64,
@@ -134,6 +141,8 @@ pub(crate) struct Counters {
     overlapped: AtomicU64,
     overlapped_fills: AtomicU64,
     writeback_waits: AtomicU64,
+    fill_waits: AtomicU64,
+    found_ready: AtomicU64,
     /// Nanoseconds per [`Timer`], in its order.
     timers: [AtomicU64; 5],
 }
@@ -162,6 +171,14 @@ impl Counters {
 
     pub fn overlapped_fill(&self) {
         bump(&self.overlapped_fills, 1);
+    }
+
+    pub fn fill_wait(&self) {
+        bump(&self.fill_waits, 1);
+    }
+
+    pub fn found_ready(&self) {
+        bump(&self.found_ready, 1);
     }
 
     pub fn writeback_wait(&self) {
@@ -258,6 +275,8 @@ impl Counters {
         stats.allocations_overlapped = get(&self.overlapped);
         stats.fills_overlapped = get(&self.overlapped_fills);
         stats.writeback_waits = get(&self.writeback_waits);
+        stats.fill_waits = get(&self.fill_waits);
+        stats.faults_found_ready = get(&self.found_ready);
         let time = |t: Timer| Duration::from_nanos(get(&self.timers[t as usize]));
         stats.store_read_time = time(Timer::StoreRead);
         stats.store_allocate_time = time(Timer::StoreAllocate);

@@ -21,15 +21,28 @@ pub(crate) fn wake_all(word: &AtomicU32) {
     crate::sys::futex_wake_all(word);
 }
 
+// Under loom, a futex modelled by one lock and condition variable: the
+// check of the word and the sleep are one step against a wake, as in the
+// kernel, so a wake-up that is lost leaves the sleeper blocked, and the
+// model reports the deadlock.
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref FUTEX: (loom::sync::Mutex<()>, loom::sync::Condvar) = Default::default();
+}
+
 #[cfg(loom)]
 pub(crate) fn wait_while(word: &AtomicU32, value: u32) {
+    let guard = FUTEX.0.lock().unwrap();
     if word.load(std::sync::atomic::Ordering::SeqCst) == value {
-        loom::thread::yield_now();
+        drop(FUTEX.1.wait(guard).unwrap());
     }
 }
 
 #[cfg(loom)]
-pub(crate) fn wake_all(_word: &AtomicU32) {}
+pub(crate) fn wake_all(_word: &AtomicU32) {
+    let _guard = FUTEX.0.lock().unwrap();
+    FUTEX.1.notify_all();
+}
 
 /// Lets another thread run: a short back-off for the rare waits (a full
 /// hand-off table, a registry slot still in use). Async-signal-safe.

@@ -67,7 +67,13 @@ const CASES: &[Case] = &[
     ),
     (
         "one_page_faulted_by_many_threads_is_filled_once",
-        one_page_faulted_by_many_threads_is_filled_once,
+        || one_page_faulted_by_many_threads_is_filled_once(Delivery::InThread),
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "one_page_faulted_by_many_threads_is_filled_once_handler_thread",
+        || one_page_faulted_by_many_threads_is_filled_once(Delivery::HandlerThread),
         End::Exit(0),
         Setup::Tmpfs,
     ),
@@ -116,6 +122,18 @@ const CASES: &[Case] = &[
     (
         "two_threads_faulting_different_pages_fill_in_parallel_handler_thread",
         || two_threads_faulting_different_pages_fill_in_parallel(Delivery::HandlerThread),
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "a_fault_on_a_page_being_filled_sleeps_on_that_page",
+        || a_fault_on_a_page_being_filled_sleeps_on_that_page(Delivery::InThread),
+        End::Exit(0),
+        Setup::Tmpfs,
+    ),
+    (
+        "a_fault_on_a_page_being_filled_sleeps_on_that_page_handler_thread",
+        || a_fault_on_a_page_being_filled_sleeps_on_that_page(Delivery::HandlerThread),
         End::Exit(0),
         Setup::Tmpfs,
     ),
@@ -334,23 +352,29 @@ fn populate_makes_read_into_the_mapping_work() {
     assert_eq!(back, pattern(4, PAGE));
 }
 
-/// Where [`Instrumented`] makes two faults meet.
+/// Where [`Instrumented`] makes two faults meet, or holds one.
 #[derive(Clone, Copy, PartialEq)]
 enum Meet {
     Nowhere,
     InAllocate,
     InRead,
+    /// Reads of this page wait (up to 5 s) until the gate opens.
+    GatedRead(u64),
 }
 
-/// A file store, still signal-safe, that counts its signal-safe reads and,
-/// as a rendezvous, makes each signal-safe allocation or read wait (up to
-/// 2 s) until two are inside at once, noting whether they met.
+/// A file store, still signal-safe, that counts its reads and, as a
+/// rendezvous, makes each allocation or read wait (up to 2 s) until two are
+/// inside at once, noting whether they met; or holds reads of one page
+/// until the test opens a gate.
 struct Instrumented {
     inner: FileStore,
     reads: AtomicU64,
     rendezvous: Meet,
     inside: AtomicUsize,
     met: std::sync::atomic::AtomicBool,
+    /// A read reached the gated page.
+    entered: std::sync::atomic::AtomicBool,
+    open: std::sync::atomic::AtomicBool,
 }
 
 impl Instrumented {
@@ -361,6 +385,26 @@ impl Instrumented {
             rendezvous,
             inside: AtomicUsize::new(0),
             met: std::sync::atomic::AtomicBool::new(false),
+            entered: false.into(),
+            open: false.into(),
+        }
+    }
+
+    /// Holds a read of `len` bytes at `offset` while the gate is closed, if
+    /// it covers the gated page.
+    fn gate(&self, offset: u64, len: usize) {
+        let Meet::GatedRead(page) = self.rendezvous else {
+            return;
+        };
+        let at = page * PAGE as u64;
+        if offset > at || offset + len as u64 <= at {
+            return;
+        }
+        self.entered.store(true, Ordering::SeqCst);
+        let began = std::time::Instant::now();
+        while !self.open.load(Ordering::SeqCst) && began.elapsed() < Duration::from_secs(5) {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
         }
     }
 
@@ -398,6 +442,7 @@ impl Store for Instrumented {
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        self.gate(offset, buf.len());
         self.met_in(Meet::InRead, || self.inner.read_at(offset, buf))
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
@@ -428,6 +473,7 @@ impl Store for Instrumented {
 unsafe impl SignalSafe for Instrumented {
     fn read_at_in_signal(&self, offset: u64, buf: &mut [u8]) -> Result<(), i32> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        self.gate(offset, buf.len());
         self.met_in(Meet::InRead, || {
             self.inner.signal_safe().unwrap().read_at_in_signal(offset, buf)
         })
@@ -439,11 +485,16 @@ unsafe impl SignalSafe for Instrumented {
     }
 }
 
-fn one_page_faulted_by_many_threads_is_filled_once() {
+/// Eight threads fault one page at once, 20 times: 20 store reads. The
+/// other faults find the page being filled (and sleep on it) or already in,
+/// from its state word. With a handler thread every thread's fault is
+/// reported, so most reports are of a page resolved since, and the
+/// service settles them without the mapping's lock.
+fn one_page_faulted_by_many_threads_is_filled_once(delivery: Delivery) {
     let path = dir().join("f");
     std::fs::write(&path, pattern(5, 8 * PAGE)).unwrap();
     let store = Arc::new(Instrumented::new(FileStore::open(&path).unwrap(), Meet::Nowhere));
-    let map = Arc::new(in_thread().map_store(store.clone()).unwrap());
+    let map = Arc::new(in_thread().delivery(delivery).map_store(store.clone()).unwrap());
     map.advise(Advice::Random, 0, 0).unwrap();
     for round in 0..20 {
         let page = round % 8;
@@ -467,6 +518,15 @@ fn one_page_faulted_by_many_threads_is_filled_once() {
     }
     // 20 rounds over 8 pages, evicted after each 8: 20 fills, one per page each time.
     assert_eq!(store.reads.load(Ordering::SeqCst), 20);
+    let stats = map.stats();
+    println!(
+        "{delivery:?}: {} faults counted, {} found their page ready, {} slept on its fill",
+        stats.faults_missing_read, stats.faults_found_ready, stats.fill_waits
+    );
+    if delivery == Delivery::HandlerThread {
+        assert!(stats.faults_missing_read > 20, "{stats:?}");
+        assert!(stats.faults_found_ready > 0, "{stats:?}");
+    }
 }
 
 extern "C" fn previous_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -682,6 +742,63 @@ fn two_threads_faulting_different_pages_fill_in_parallel(delivery: Delivery) {
     assert_eq!(stats.faults_missing_read, 2, "{stats:?}");
     assert_eq!(stats.faults_in_thread, in_thread_faults(delivery, 2), "{stats:?}");
     assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+    map.check_invariants().unwrap();
+}
+
+/// Waits up to 5 s for `done`; false if it never came.
+fn within_5s(done: impl Fn() -> bool) -> bool {
+    let began = std::time::Instant::now();
+    while !done() {
+        if began.elapsed() > Duration::from_secs(5) {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// A fault on a page another fault is filling sleeps on that page's state
+/// word (counted in `fill_waits`) until the fill records it, and the page
+/// is read from the store once; meanwhile faults on other pages, and calls
+/// that take the mapping's lock, go on.
+fn a_fault_on_a_page_being_filled_sleeps_on_that_page(delivery: Delivery) {
+    let path = dir().join("f");
+    let data = pattern(9, 256 * PAGE);
+    std::fs::write(&path, &data).unwrap();
+    let store = Arc::new(Instrumented::new(
+        FileStore::open(&path).unwrap(),
+        Meet::GatedRead(3),
+    ));
+    let map = Arc::new(in_thread().delivery(delivery).map_store(store.clone()).unwrap());
+    map.advise(Advice::Random, 0, 0).unwrap();
+    let reader = |map: &Arc<Mapping>| {
+        let map = map.clone();
+        // SAFETY: inside the file.
+        thread::spawn(move || unsafe { map.as_ptr().add(3 * PAGE + 11).read_volatile() })
+    };
+    let first = reader(&map);
+    assert!(
+        within_5s(|| store.entered.load(Ordering::SeqCst)),
+        "the fill never reached the store"
+    );
+    let second = reader(&map);
+    assert!(within_5s(|| map.stats().fill_waits == 1), "{:?}", map.stats());
+    // SAFETY: inside the file.
+    let elsewhere = unsafe { map.as_ptr().add(200 * PAGE + 11).read_volatile() };
+    assert_eq!(elsewhere, data[200 * PAGE + 11]);
+    assert!(
+        !first.is_finished() && !second.is_finished(),
+        "both wait for the gated fill"
+    );
+    store.open.store(true, Ordering::SeqCst);
+    assert_eq!(first.join().unwrap(), data[3 * PAGE + 11]);
+    assert_eq!(second.join().unwrap(), data[3 * PAGE + 11]);
+    assert_eq!(
+        store.reads.load(Ordering::SeqCst),
+        2,
+        "page 3 read once, and page 200"
+    );
+    assert_eq!(map.stats().fill_waits, 1, "{:?}", map.stats());
     map.check_invariants().unwrap();
 }
 

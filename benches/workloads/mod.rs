@@ -581,6 +581,8 @@ fn delta(before: Option<Stats>, after: Option<Stats>) -> Option<Stats> {
     a.faults_write_protect -= b.faults_write_protect;
     a.faults_in_thread -= b.faults_in_thread;
     a.faults_handed_off -= b.faults_handed_off;
+    a.faults_found_ready -= b.faults_found_ready;
+    a.fill_waits -= b.fill_waits;
     a.allocate_calls -= b.allocate_calls;
     a.handler_time -= b.handler_time;
     a.store_read_time -= b.store_read_time;

@@ -26,7 +26,7 @@ pub(crate) use signal::send_sigbus;
 pub(crate) use thread::{ThreadState, process_id, thread_state};
 pub use uffd::UffdOrigin;
 pub(crate) use uffd::{Fault, RawMsg, Uffd};
-pub(crate) use zeroed::ZeroedWords;
+pub(crate) use zeroed::{ZeroedAtomics, ZeroedWords};
 
 use std::fs::File;
 use std::io;

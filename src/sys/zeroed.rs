@@ -5,6 +5,7 @@
 
 use std::io;
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
 
 /// `len` words in one private anonymous mapping (`MAP_NORESERVE`,
 /// `MADV_DONTFORK`), zero until written. One mapping however many bitmaps it holds, so a mapping's
@@ -82,5 +83,41 @@ impl Drop for ZeroedWords {
             // Failure would mean the range is invalid, which it is not.
             unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len * 8) };
         }
+    }
+}
+
+/// `u32` atomics in memory that reads as zeros until written, reached only
+/// as atomics (so threads may share them without a lock).
+#[cfg_attr(loom, allow(dead_code))] // loom models use its own atomics
+pub(crate) struct ZeroedAtomics {
+    /// Never borrowed as `u64`s: every access goes through [`get`](Self::get).
+    memory: ZeroedWords,
+    len: u64,
+}
+
+#[cfg_attr(loom, allow(dead_code))]
+impl ZeroedAtomics {
+    pub(crate) fn new(len: u64) -> io::Result<ZeroedAtomics> {
+        let words =
+            usize::try_from(len.div_ceil(2)).map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(ZeroedAtomics {
+            memory: ZeroedWords::new(words)?,
+            len,
+        })
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The `i`th atomic; panics past the end.
+    pub(crate) fn get(&self, i: u64) -> &AtomicU32 {
+        assert!(i < self.len, "atomic {i} of {}", self.len);
+        // SAFETY: the memory holds `len.div_ceil(2)` zeroed, 8-aligned u64s,
+        // so at least `len` u32s, and `i` is one of them; `AtomicU32` has the
+        // size and alignment of `u32`, and zero is a valid value. It lives as
+        // long as `self`, and is only ever reached through these atomic
+        // views (`memory` is private and never dereferenced as `u64`s).
+        unsafe { &*self.memory.base().cast::<AtomicU32>().add(i as usize) }
     }
 }
