@@ -193,7 +193,9 @@ impl ClaimEvents {
     /// A claim or writeback ended: wakes whoever waits for one.
     pub fn ended(&self) {
         self.ended.fetch_add(1, Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) > 0 {
+        // A read-modify-write, as in `PageStates::wake`: it reads the
+        // latest count, and a waiter's later count reads from it.
+        if self.waiters.fetch_add(0, Ordering::SeqCst) > 0 {
             crate::sync::wake_all(&self.ended);
         }
     }
