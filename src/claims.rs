@@ -262,6 +262,15 @@ impl Engine {
         self.lock_flags()
     }
 
+    /// Lets the flags lock go until the fill of `page` in flight ends
+    /// (recorded or given back), sleeping on that page alone.
+    /// Async-signal-safe (as [`wait_for_claims`](Self::wait_for_claims)).
+    pub fn wait_for_fill<'a>(&'a self, flags: MutexGuard<'a, Flags>, page: u64) -> MutexGuard<'a, Flags> {
+        drop(flags);
+        self.page_states.wait_while_filling(page);
+        self.lock_flags()
+    }
+
     /// Ends a claim, under the flags lock, and wakes its waiters.
     fn end_claim(&self, flags: &mut Flags, slot: Slot) {
         match slot {
@@ -324,12 +333,9 @@ impl Engine {
                 continue;
             }
             if flags.filling(page) {
-                // Another fault fills it: once it is in, this one finds it
-                // ready. Sleep on that page alone, without the lock.
-                drop(flags);
+                // Another fault fills it: once it is in, this one finds it ready.
                 self.counters.fill_wait();
-                self.page_states.wait_while_filling(page);
-                flags = self.lock_flags();
+                flags = self.wait_for_fill(flags, page);
                 continue;
             }
             if let Some((span, own)) = self.blocks_to_claim(&flags, page, access, &mut ahead_asked) {

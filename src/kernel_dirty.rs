@@ -65,7 +65,7 @@ impl Engine {
                 // and any thread may write it then (the kernel lets it): wait
                 // for the fill to be recorded, so the write is not lost.
                 while flags.filling(p) {
-                    flags = self.wait_for_claims(flags);
+                    flags = self.wait_for_fill(flags, p);
                 }
                 match flags.residency(p) {
                     Residency::Absent => {}

@@ -64,12 +64,7 @@ impl State {
 /// page into or out of `Filling`, and a filling page leaves it only by its
 /// fill's end: recorded (in memory) or given back (absent).
 pub(crate) fn may_move(from: State, to: State) -> bool {
-    use State::*;
-    match (from, to) {
-        (Absent, Filling) | (Filling, _) => true,
-        (_, Filling) => false,
-        _ => true,
-    }
+    to != State::Filling || matches!(from, State::Absent | State::Filling)
 }
 
 /// The words of one mapping's pages, and how many threads sleep on them.
@@ -286,7 +281,7 @@ mod loom_tests {
 
     /// Two faults race to fill one page: exactly one claims it, and the
     /// other, if it finds the page being filled, sees the fill end (a lost
-    /// wake-up would leave it spinning, which the model reports).
+    /// wake-up would leave it asleep: the model reports the deadlock).
     #[test]
     fn loom_one_page_is_filled_once() {
         loom::model(|| {

@@ -745,18 +745,6 @@ fn two_threads_faulting_different_pages_fill_in_parallel(delivery: Delivery) {
     map.check_invariants().unwrap();
 }
 
-/// Waits up to 5 s for `done`; false if it never came.
-fn within_5s(done: impl Fn() -> bool) -> bool {
-    let began = std::time::Instant::now();
-    while !done() {
-        if began.elapsed() > Duration::from_secs(5) {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    true
-}
-
 /// A fault on a page another fault is filling sleeps on that page's state
 /// word (counted in `fill_waits`) until the fill records it, and the page
 /// is read from the store once; meanwhile faults on other pages, and calls
@@ -777,12 +765,14 @@ fn a_fault_on_a_page_being_filled_sleeps_on_that_page(delivery: Delivery) {
         thread::spawn(move || unsafe { map.as_ptr().add(3 * PAGE + 11).read_volatile() })
     };
     let first = reader(&map);
-    assert!(
-        within_5s(|| store.entered.load(Ordering::SeqCst)),
-        "the fill never reached the store"
-    );
+    let five_s = Duration::from_secs(5);
+    common::wait_for("the fill to reach the store", five_s, || {
+        store.entered.load(Ordering::SeqCst)
+    });
     let second = reader(&map);
-    assert!(within_5s(|| map.stats().fill_waits == 1), "{:?}", map.stats());
+    common::wait_for("the second reader to sleep on the fill", five_s, || {
+        map.stats().fill_waits == 1
+    });
     // SAFETY: inside the file.
     let elsewhere = unsafe { map.as_ptr().add(200 * PAGE + 11).read_volatile() };
     assert_eq!(elsewhere, data[200 * PAGE + 11]);

@@ -1,10 +1,12 @@
 //! What a write fault does when the store is full: wait for space, or ask a
 //! callback. (SIGBUS, the default, is in tests/processes.rs: it kills.)
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mkwrite::{FullAction, MappingOptions, MemStore, OnFull, QuotaStore, Store};
 
@@ -26,14 +28,7 @@ fn spawn_raw_writer(
 }
 
 fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_for(what, Duration::from_secs(20), cond);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::bounded::{Case, End, Setup, dir};
 use common::{pattern, read_file};
@@ -150,14 +150,7 @@ impl Store for Stopping {
 
 /// Waits until `done` (up to 10 s; the case's time limit is the backstop).
 fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let began = Instant::now();
-    while !done() {
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "waited too long for {what}"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
+    common::wait_for(what, Duration::from_secs(10), done);
 }
 
 /// A mapping of a new file of [`PAGES`] pages over a [`Stopping`] store,

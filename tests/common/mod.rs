@@ -116,3 +116,13 @@ pub fn rss_anon() -> u64 {
     let line = status.lines().find_map(|l| l.strip_prefix("RssAnon:")).unwrap();
     line.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
 }
+
+/// Waits until `done`, polling each millisecond; fails the test, naming
+/// `what`, after `limit` (the case's own time limit is the backstop).
+pub fn wait_for(what: &str, limit: std::time::Duration, done: impl Fn() -> bool) {
+    let began = std::time::Instant::now();
+    while !done() {
+        assert!(began.elapsed() < limit, "waited too long for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
